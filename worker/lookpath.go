@@ -1,0 +1,5 @@
+package worker
+
+import "os/exec"
+
+var lookPath = exec.LookPath
