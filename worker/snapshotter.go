@@ -161,6 +161,7 @@ func newStargzSnapshotter(root string, cfg sgzconf.Config, hosts docker.Registry
 	if err != nil {
 		return nil, fmt.Errorf("start stargz filesystem: %w", err)
 	}
+
 	// Restoring remounts the lazy layers a previous run left committed, so
 	// the same root serves again after a restart. A layer whose registry is
 	// gone must not keep the daemon from starting.
@@ -176,9 +177,22 @@ func newStargzSnapshotter(root string, cfg sgzconf.Config, hosts docker.Registry
 // authenticate to it: through the registry configuration of the daemon and
 // the credentials of the client sessions that asked for the layer, so that
 // no credentials are stored by the daemon itself.
+//
+// BuildKit offers each source under labels with a per-call suffix, with the
+// session IDs to authenticate through. A snapshot restored after a restart
+// carries the plain, unsuffixed labels and no session: it is mounted with
+// the daemon's registry configuration alone.
 func sessionSources(hosts docker.RegistryHosts, sm *session.Manager) sgzsource.GetSources {
 	return func(labels map[string]string) ([]sgzsource.Source, error) {
 		var sources []sgzsource.Source
+		if _, ok := labels[labelStargzRef]; ok {
+			plain, err := sgzsource.FromDefaultLabels(func(spec reference.Spec) ([]docker.RegistryHost, error) {
+				return hosts(spec.Hostname())
+			})(labels)
+			if err == nil {
+				sources = append(sources, plain...)
+			}
+		}
 		for key, ref := range labels {
 			id, ok := strings.CutPrefix(key, labelStargzRef+".")
 			if !ok {

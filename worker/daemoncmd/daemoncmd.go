@@ -52,6 +52,14 @@ var unsupported = map[string]string{
 	"trace":                             "use --log-level=trace",
 }
 
+// unsupportedBools are the flags of unsupported that buildkitd takes as
+// booleans, so that "--rootless" alone parses and is then rejected.
+var unsupportedBools = map[string]bool{
+	"rootless": true, "containerd-worker": true, "containerd-worker-gc": true,
+	"oci-worker-no-process-sandbox": true, "oci-worker-rootless": true, "oci-worker-selinux": true,
+	"cdi-disabled": true, "save-cache-debug": true, "trace": true,
+}
+
 type flags struct {
 	config       string
 	root         string
@@ -120,7 +128,9 @@ func New() *cobra.Command {
 	for name := range unsupported {
 		fl.String(name, "", "not supported")
 		fl.Lookup(name).Hidden = true
-		fl.Lookup(name).NoOptDefVal = "true"
+		if unsupportedBools[name] {
+			fl.Lookup(name).NoOptDefVal = "true"
+		}
 	}
 	return cmd
 }

@@ -1,0 +1,42 @@
+# stargazer — build targets. `make example` runs the main job, `make test`
+# runs the tests; both install what they need first.
+
+GO        ?= go
+BIN       := bin
+PKGS      := ./...
+TEST_FLAGS ?= -count=1 -timeout 30m
+APT_PKGS  := runc fuse3 busybox-static containerd debootstrap iproute2
+
+.PHONY: all build deps example test bench clean
+
+all: build
+
+# deps installs the system packages the daemon and the tests use, when any
+# is missing.
+deps:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+build:
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/...
+
+# example builds examples/hello with the embedded daemon into hello.tar, an
+# OCI image layout.
+example: deps build
+	mkdir -p examples/hello/rootfs/bin
+	cp /bin/busybox examples/hello/rootfs/bin/busybox
+	$(BIN)/stargazer build examples/hello --progress plain --output type=oci,dest=hello.tar
+	@echo "wrote hello.tar"
+
+test: deps
+	$(GO) vet $(PKGS)
+	$(GO) test $(TEST_FLAGS) $(PKGS)
+
+bench: deps build
+	$(GO) run ./bench
+
+clean:
+	rm -rf $(BIN) hello.tar examples/hello/rootfs
