@@ -203,26 +203,33 @@ func solve(ctx context.Context, addr string, so client.SolveOpt, stderr io.Write
 		return nil, fmt.Errorf("connect to %s: %w", addr, err)
 	}
 	defer c.Close()
-	display, err := progressui.NewDisplay(stderr, mode)
+	var resp *client.SolveResponse
+	err = withProgress(ctx, stderr, mode, func(ctx context.Context, ch chan *client.SolveStatus) error {
+		var err error
+		resp, err = c.Solve(ctx, nil, so, ch)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
-	ch := make(chan *client.SolveStatus)
-	var resp *client.SolveResponse
-	eg, ectx := errgroup.WithContext(ctx)
-	eg.Go(func() error {
-		var err error
-		resp, err = c.Solve(ectx, nil, so, ch)
+	return resp.ExporterResponse, nil
+}
+
+// withProgress runs f, which reports to ch, while BuildKit's progress UI
+// shows the reports on stderr.
+func withProgress(ctx context.Context, stderr io.Writer, mode progressui.DisplayMode, f func(context.Context, chan *client.SolveStatus) error) error {
+	display, err := progressui.NewDisplay(stderr, mode)
+	if err != nil {
 		return err
-	})
+	}
+	ch := make(chan *client.SolveStatus)
+	eg, ectx := errgroup.WithContext(ctx)
+	eg.Go(func() error { return f(ectx, ch) })
 	eg.Go(func() error {
 		_, err := display.UpdateFrom(context.WithoutCancel(ectx), ch)
 		return err
 	})
-	if err := eg.Wait(); err != nil {
-		return nil, err
-	}
-	return resp.ExporterResponse, nil
+	return eg.Wait()
 }
 
 func writeMetadata(path string, resp map[string]string) error {
