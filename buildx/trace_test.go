@@ -19,7 +19,7 @@ import (
 func appSpec(t *testing.T, c testutil.Compression) testutil.FixtureSpec {
 	spec := testutil.LargeSpec(t, c, testutil.DefaultLargeSize)
 	spec.Layers = append(spec.Layers, testutil.FileLayer(map[string]testutil.File{
-		"app/run.sh": {Mode: 0o755, Data: []byte("#!/bin/sh\ncat /app/conf.txt\ncat /data/small.txt\ncat /app/link.txt\ntest -e /app/stat-only.txt\necho app-ready\n")},
+		"app/run.sh":        {Mode: 0o755, Data: []byte("#!/bin/sh\ncat /app/conf.txt\ncat /data/small.txt\ncat /app/link.txt\ntest -e /app/stat-only.txt\necho app-ready\n")},
 		"app/conf.txt":      {Data: []byte("conf\n")},
 		"app/target.txt":    {Data: []byte("target\n")},
 		"app/link.txt":      {Symlink: "target.txt"},
