@@ -37,7 +37,7 @@ func helloContext(t *testing.T) string {
 
 func stargazer(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, testutil.Binary(t, "stargazer"), args...).CombinedOutput()
 	return string(out), err

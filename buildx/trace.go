@@ -40,6 +40,9 @@ const (
 	localTracer = "stargazer-tracer"
 	localMount  = "stargazer-mount-"
 	ociStoreID  = "stargazer-input"
+	// ociLayoutName names the image of an OCI tar for BuildKit's
+	// oci-layout source, which parses it like a registry reference.
+	ociLayoutName = "stargazer/input"
 )
 
 // TraceOptions are the inputs of `stargazer trace`.
@@ -142,7 +145,7 @@ func Trace(ctx context.Context, o TraceOptions) (*TraceResult, error) {
 		var rootfs llb.State
 		pinned := img.Ref + "@" + img.Manifest.Digest.String()
 		if img.Store != nil {
-			rootfs = llb.OCILayout(ociStoreID+"@"+img.Manifest.Digest.String(),
+			rootfs = llb.OCILayout(ociLayoutName+"@"+img.Manifest.Digest.String(),
 				llb.OCIStore(c.BuildOpts().SessionID, ociStoreID), llb.Platform(platform))
 		} else {
 			rootfs = llb.Image(pinned, llb.Platform(platform))

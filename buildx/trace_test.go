@@ -88,3 +88,116 @@ func TestTraceRegistryImageLazily(t *testing.T) {
 		t.Fatalf("tracing fetched %d of the %d-byte large layer: not lazy", served, large.Size)
 	}
 }
+
+func TestTraceOCITarAndWorkloadEnds(t *testing.T) {
+	testutil.RequireIntegration(t)
+	spec := testutil.BaseSpec(t, testutil.Gzip)
+	spec.Layers = append(spec.Layers, testutil.FileLayer(map[string]testutil.File{
+		"app/forever.sh": {Mode: 0o755, Data: []byte("#!/bin/sh\ncat /data/small.txt\necho serving\nwhile true; do sleep 1; done\n")},
+		"app/fail.sh":    {Mode: 0o755, Data: []byte("#!/bin/sh\ncat /data/dir/nested.txt\nexit 3\n")},
+		"app/late.txt":   {Data: []byte("read after the line\n")},
+	}))
+	spec.Config = ocispec.ImageConfig{Cmd: []string{"/app/forever.sh"}}
+	img := testutil.BuildImage(t, spec)
+	tarPath := filepath.Join(t.TempDir(), "app.tar")
+	if err := os.WriteFile(tarPath, testutil.OCITar(t, img), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := testutil.StartDaemon(t, testutil.WithDaemonArgs("--allow-insecure-entitlement", "security.insecure"))
+
+	tests := []struct {
+		name     string
+		args     []string
+		want     []string
+		wantText string
+	}{
+		{"killed at the period", []string{"--period", "2s"}, []string{"app/forever.sh", "bin/busybox", "data/small.txt"}, ""},
+		{"stopped by the line", []string{"--period", "60s", "--wait-on-line", "serving"}, []string{"app/forever.sh", "bin/busybox", "data/small.txt"}, ""},
+		{"exits non-zero", []string{"--args", `["/app/fail.sh"]`}, []string{"app/fail.sh", "bin/busybox", "data/dir/nested.txt"}, "code 3"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := filepath.Join(t.TempDir(), "record.json")
+			args := append([]string{"trace", "--addr", d.Addr, "--progress", "plain", "--record-out", rec}, tt.args...)
+			out, err := stargazer(t, append(args, tarPath)...)
+			if err != nil {
+				t.Fatalf("stargazer trace: %v\n%s", err, out)
+			}
+			if tt.wantText != "" && !strings.Contains(out, tt.wantText) {
+				t.Errorf("output does not mention %q:\n%s", tt.wantText, out)
+			}
+			var paths []string
+			for _, e := range readRecordFile(t, rec) {
+				paths = append(paths, e.Path)
+			}
+			if !slices.Equal(paths, tt.want) {
+				t.Fatalf("record %v, want %v", paths, tt.want)
+			}
+		})
+	}
+}
+
+func TestTraceRejectsBadInput(t *testing.T) {
+	testutil.RequireIntegration(t)
+	spec := testutil.BaseSpec(t, testutil.Gzip)
+	spec.Config = ocispec.ImageConfig{Cmd: []string{"/bin/true"}}
+	withCmd := testutil.BuildImage(t, spec)
+	noCmd := testutil.BuildImage(t, testutil.FixtureSpec{Layers: []testutil.Layer{testutil.DataLayer()}, Config: ocispec.ImageConfig{Cmd: []string{}}})
+	dir := t.TempDir()
+	withCmdTar, noCmdTar := filepath.Join(dir, "cmd.tar"), filepath.Join(dir, "nocmd.tar")
+	os.WriteFile(withCmdTar, testutil.OCITar(t, withCmd), 0o644)
+	os.WriteFile(noCmdTar, testutil.OCITar(t, noCmd), 0o644)
+	badRecord := filepath.Join(dir, "bad.json")
+	os.WriteFile(badRecord, []byte("{\"path\":\"a\"}\n{not json\n"), 0o644)
+	escaping := filepath.Join(dir, "escape.json")
+	os.WriteFile(escaping, []byte("{\"path\":\"../etc/passwd\"}\n"), 0o644)
+	d := testutil.StartDaemon(t)
+
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no workload", []string{"trace", "--addr", d.Addr, noCmdTar}, "no workload"},
+		{"unknown user", []string{"trace", "--addr", d.Addr, "--user", "no-such-user", withCmdTar}, "no-such-user"},
+		{"bad entrypoint", []string{"trace", "--addr", d.Addr, "--entrypoint", `["/bin/sh"`, withCmdTar}, "--entrypoint"},
+		{"bad mount", []string{"trace", "--addr", d.Addr, "--mount", "type=volume,src=x,dst=/x", withCmdTar}, "type=bind"},
+		{"bad tracer", []string{"trace", "--addr", d.Addr, "--tracer", "strace", withCmdTar}, "strace"},
+		{"missing image", []string{"trace", "--addr", d.Addr, filepath.Join(dir, "nope.tar")}, "nope.tar"},
+		{"malformed record", []string{"trace", "--merge", badRecord}, "line 2"},
+		{"escaping record", []string{"trace", "--merge", escaping}, "line 1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err := stargazer(t, tt.args...)
+			if err == nil {
+				t.Fatalf("exit 0, want failure:\n%s", out)
+			}
+			if !strings.Contains(out, tt.want) {
+				t.Fatalf("output does not mention %q:\n%s", tt.want, out)
+			}
+		})
+	}
+}
+
+func TestTraceMerge(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a.json"), filepath.Join(dir, "b.json")
+	os.WriteFile(a, []byte("{\"path\":\"x\"}\n{\"path\":\"y\"}\n{\"path\":\"z\"}\n"), 0o644)
+	os.WriteFile(b, []byte("{\"path\":\"/w\",\"manifestDigest\":\"sha256:0000000000000000000000000000000000000000000000000000000000000000\",\"layerIndex\":1}\n{\"path\":\"y\"}\n"), 0o644)
+	out, err := stargazer(t, "trace", "--merge", a, b)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	var paths []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		e, err := tracer.ReadRecord(strings.NewReader(line))
+		if err != nil {
+			t.Fatalf("output line %q: %v", line, err)
+		}
+		paths = append(paths, e[0].Path)
+	}
+	if want := []string{"x", "w", "y", "z"}; !slices.Equal(paths, want) {
+		t.Fatalf("merged %v, want %v", paths, want)
+	}
+}

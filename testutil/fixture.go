@@ -251,7 +251,8 @@ type FixtureSpec struct {
 	DockerMediaTypes bool
 	// Config is the image's runtime config. Env gets PATH=DefaultPath
 	// unless it sets PATH; Cmd defaults to ["/bin/sh"] when neither
-	// Entrypoint nor Cmd is set.
+	// Entrypoint nor Cmd is set (a non-nil empty Cmd keeps the image
+	// without a command).
 	Config ocispec.ImageConfig
 }
 
@@ -527,7 +528,8 @@ func imageConfig(c ocispec.ImageConfig) ocispec.ImageConfig {
 	if !slices.ContainsFunc(c.Env, func(e string) bool { return strings.HasPrefix(e, "PATH=") }) {
 		c.Env = append([]string{"PATH=" + DefaultPath}, c.Env...)
 	}
-	if len(c.Entrypoint) == 0 && len(c.Cmd) == 0 {
+	// A non-nil empty Cmd asks for an image with no command at all.
+	if len(c.Entrypoint) == 0 && c.Cmd == nil {
 		c.Cmd = []string{"/bin/sh"}
 	}
 	return c
