@@ -60,7 +60,7 @@ func (w *fanotifyWatch) close() {
 // runFanotify starts the workload directly and records the opens fanotify
 // reports for its processes, reaping children on this goroutine.
 func (s *session) runFanotify(ctx context.Context, fan *fanotifyWatch) (*Result, error) {
-	m := &fanMembers{self: s.self, known: s.known, verdict: make(map[int]bool), existing: make(map[int]struct{})}
+	m := &fanMembers{self: s.self, verdict: make(map[int]bool), existing: make(map[int]struct{})}
 	for _, pid := range listPids() {
 		m.existing[pid] = struct{}{}
 	}
@@ -182,10 +182,11 @@ func (s *session) recordEventFd(fd int, link []byte) {
 }
 
 // fanMembers decides whether an event's pid belongs to the workload: the
-// filesystem mark sees every process using the filesystem.
+// filesystem mark sees every process using the filesystem. (The killer
+// does not need it: every workload process descends from the tracer, a
+// subreaper, and a pid learnt here may be reused once its process is gone.)
 type fanMembers struct {
 	self     int
-	known    *pidSet          // workload processes, shared with the killer
 	verdict  map[int]bool     // pid -> member, for pids seen alive
 	existing map[int]struct{} // pids that existed before the workload
 }
@@ -207,9 +208,6 @@ func (m *fanMembers) member(pid int) bool {
 	decide := func(v bool) bool {
 		for _, p := range chain {
 			m.verdict[p] = v
-			if v {
-				m.known.add(p)
-			}
 		}
 		return v
 	}

@@ -176,10 +176,10 @@ func (s *session) tracePtrace(ctx context.Context) (*Result, error) {
 }
 
 // quietStops sets SA_NOCLDSTOP on our SIGCHLD action until the returned
-// function runs. Every ptrace stop would otherwise send us a SIGCHLD, run
-// the Go runtime's signal handler on some thread and return from it, which
-// costs about as much as handling the stop itself; wait4 is woken either
-// way. The handler and its other flags are left as the runtime set them.
+// function runs. Every ptrace stop would otherwise also send us a SIGCHLD
+// and run the Go runtime's signal handler on some thread, for nothing:
+// wait4 is woken either way. The handler and its other flags are left as
+// the runtime set them.
 func quietStops() (restore func()) {
 	// struct sigaction as the kernel takes it on amd64 and arm64:
 	// handler, flags, restorer, mask. Only flags is touched.
@@ -408,6 +408,7 @@ func magicPath(name string) bool {
 // absolute name below its root, a relative one below its cwd or dirfd.
 func procRelPath(tid, dirfd int, name string) string {
 	base := "/proc/" + strconv.Itoa(tid)
+	name = ownMagic(tid, name)
 	switch {
 	case name == "":
 		return base + "/fd/" + strconv.Itoa(dirfd)
@@ -417,6 +418,29 @@ func procRelPath(tid, dirfd int, name string) string {
 		return base + "/cwd/" + name
 	}
 	return base + "/fd/" + strconv.Itoa(dirfd) + "/" + name
+}
+
+// ownMagic rewrites names that mean "the calling process" (/proc/self,
+// /dev/fd/N, /dev/stdin ...) to the tracee's /proc entries: resolved by
+// the tracer as they are, they would name the tracer's own files.
+func ownMagic(tid int, name string) string {
+	if !strings.HasPrefix(name, "/proc/") && !strings.HasPrefix(name, "/dev/") {
+		return name
+	}
+	id := strconv.Itoa(tid)
+	for _, m := range []struct{ prefix, to string }{
+		{"/proc/self", "/proc/" + id},
+		{"/proc/thread-self", "/proc/" + id + "/task/" + id},
+		{"/dev/fd", "/proc/" + id + "/fd"},
+		{"/dev/stdin", "/proc/" + id + "/fd/0"},
+		{"/dev/stdout", "/proc/" + id + "/fd/1"},
+		{"/dev/stderr", "/proc/" + id + "/fd/2"},
+	} {
+		if rest, ok := strings.CutPrefix(name, m.prefix); ok && (rest == "" || rest[0] == '/') {
+			return m.to + rest
+		}
+	}
+	return name
 }
 
 // syscallStop handles the exit of an open let through at its seccomp stop.

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -76,9 +77,15 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 
 	// Orphans of the workload (daemons that double-forked) are reparented
-	// to the nearest subreaper: make that us, so they stay in reach.
+	// to the nearest subreaper: make that us, so they stay in reach. Once
+	// Run returns no descendant is left, so the old setting comes back.
+	var wasReaper int32
+	unix.Prctl(unix.PR_GET_CHILD_SUBREAPER, uintptr(unsafe.Pointer(&wasReaper)), 0, 0, 0)
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return nil, fmt.Errorf("run workload: become child subreaper: %w", err)
+	}
+	if wasReaper == 0 {
+		defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
 	}
 
 	s := &session{
@@ -104,13 +111,16 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	default:
 		res, err = s.runFanotify(ctx, fan)
 	}
+	// Every workload process is reaped. Stopping again is a no-op unless
+	// the engine failed early, and ends the watcher in any case.
+	s.stop(StopExited)
 	close(s.doneCh)
 	s.waitIO()
 	if err != nil {
 		return nil, err
 	}
 	res.Mechanism = mech
-	res.Stop = s.reason
+	res.Stop = s.stopReason()
 	if !res.Exit.Exited && res.Exit.Signal == 0 {
 		res.Exit.Signal = int(unix.SIGKILL) // never observed: killed with the tree
 	}
@@ -179,6 +189,12 @@ func (s *session) stop(reason StopReason) {
 			}
 		}()
 	})
+}
+
+// stopReason returns why tracing ended, once it did.
+func (s *session) stopReason() StopReason {
+	<-s.stopCh // closed after reason is set
+	return s.reason
 }
 
 // watch ends tracing at the period, the line or cancellation.

@@ -45,6 +45,7 @@ func workloadBinary(t testing.TB) string {
 		if buildErr != nil {
 			return
 		}
+		removeAfterTests = append(removeAfterTests, buildDir)
 		os.Chmod(buildDir, 0o755)
 		cmd := exec.Command("go", "build", "-o", filepath.Join(buildDir, "workload"), "./testdata/workload")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -315,6 +316,25 @@ func TestTraceExecFromThread(t *testing.T) {
 	})
 }
 
+// TestTraceExecProcSelf execs /proc/self/exe: the tracer must resolve
+// that as the tracee, not as itself.
+func TestTraceExecProcSelf(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	eachMechanism(t, func(t *testing.T, f *fixture, m Mechanism) {
+		res := trace(t, f, m, Config{Argv: []string{f.wl, "selfexec", f.path("a.txt")}})
+		wantExactly(t, f, res, true, "wl", "a.txt")
+		wantExited(t, res, 0)
+		for _, file := range res.Files {
+			if file.Path == self {
+				t.Errorf("recorded the tracer's own executable %s", self)
+			}
+		}
+	})
+}
+
 func TestTraceDirfdAndSymlinks(t *testing.T) {
 	eachMechanism(t, func(t *testing.T, f *fixture, m Mechanism) {
 		res := trace(t, f, m, Config{Argv: []string{f.wl, "dirfd", f.path("sub"), "rel.txt"}})
@@ -324,6 +344,24 @@ func TestTraceDirfdAndSymlinks(t *testing.T) {
 		// file and one to a directory: targets are recorded.
 		res = trace(t, f, m, Config{Argv: []string{"./wl", "read", "link.txt", "linkdir/rel2.txt"}, Dir: f.dir})
 		wantExactly(t, f, res, true, "wl", "target.txt", "sub/rel2.txt")
+
+		// Two names of one file are two record entries; a file
+		// replaced under the same name is opened again.
+		if err := os.Link(f.path("a.txt"), f.path("hardlink.txt")); err != nil {
+			t.Fatal(err)
+		}
+		res = trace(t, f, m, Config{Argv: []string{f.wl, "read", f.path("a.txt"), f.path("hardlink.txt"), f.path("a.txt")}})
+		wantExactly(t, f, res, true, "wl", "a.txt", "hardlink.txt")
+
+		// Reopening stdin through /dev/stdin (/proc/self/fd/0) opens
+		// the file the caller redirected from.
+		in, err := os.Open(f.path("c.txt"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer in.Close()
+		res = trace(t, f, m, Config{Argv: []string{f.wl, "read", "/dev/stdin"}, Stdin: in})
+		wantExactly(t, f, res, true, "wl", "c.txt")
 	})
 }
 
@@ -362,9 +400,9 @@ func TestTraceNonZeroExitAndCrash(t *testing.T) {
 func TestTracePeriod(t *testing.T) {
 	eachMechanism(t, func(t *testing.T, f *fixture, m Mechanism) {
 		start := time.Now()
-		res := trace(t, f, m, Config{Argv: []string{f.wl, "forever", f.path("a.txt")}, Period: 500 * time.Millisecond})
-		if d := time.Since(start); d < 500*time.Millisecond || d > 10*time.Second {
-			t.Errorf("Run took %v with a 500ms period", d)
+		res := trace(t, f, m, Config{Argv: []string{f.wl, "forever", f.path("a.txt")}, Period: 2 * time.Second})
+		if d := time.Since(start); d < 2*time.Second || d > 20*time.Second {
+			t.Errorf("Run took %v with a 2s period", d)
 		}
 		wantExactly(t, f, res, true, "wl", "a.txt")
 		if res.Stop != StopPeriod || res.Exit.Exited || res.Exit.Signal != int(unix.SIGKILL) {
@@ -403,12 +441,13 @@ func TestTraceDaemonIsKilled(t *testing.T) {
 		wantExited(t, res, 0)
 		wantDead(t, pidFile)
 
-		// Same at the end of a period, with the main process alive.
+		// Same when tracing is stopped with the main process alive.
 		os.Remove(pidFile)
-		res = trace(t, f, m, Config{Argv: []string{f.wl, "daemon", f.path("b.txt"), pidFile, "stay"}, Period: time.Second})
+		res = trace(t, f, m, Config{Argv: []string{f.wl, "daemon", f.path("b.txt"), pidFile, "stay"},
+			WaitOnLine: "daemon up", Period: time.Minute})
 		wantExactly(t, f, res, false, "wl", "b.txt", "daemon.pid")
-		if res.Stop != StopPeriod {
-			t.Errorf("stop %s, want period", res.Stop)
+		if res.Stop != StopLine {
+			t.Errorf("stop %s, want line", res.Stop)
 		}
 		wantDead(t, pidFile)
 	})
@@ -440,12 +479,30 @@ func TestTraceWaitOnLine(t *testing.T) {
 func TestRunCancel(t *testing.T) {
 	f := newFixture(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	time.AfterFunc(300*time.Millisecond, cancel)
-	res, err := Run(ctx, Config{Argv: []string{f.wl, "forever", f.path("a.txt")}, Mechanism: Ptrace})
+	defer cancel()
+	// Cancel once the workload says it has read a.txt.
+	out := &callbackWriter{match: "READY", f: cancel}
+	res, err := Run(ctx, Config{Argv: []string{f.wl, "line", "READY", f.path("a.txt"), f.path("b.txt")}, Mechanism: Ptrace, Stdout: out})
 	if !errors.Is(err, context.Canceled) || res == nil || res.Stop != StopCanceled {
 		t.Fatalf("Run = %v, %v; want a canceled result", res, err)
 	}
 	wantExactly(t, f, res, true, "wl", "a.txt")
+}
+
+// callbackWriter calls f once the output contains match.
+type callbackWriter struct {
+	match string
+	f     func()
+	buf   bytes.Buffer
+	once  sync.Once
+}
+
+func (w *callbackWriter) Write(b []byte) (int, error) {
+	w.buf.Write(b)
+	if strings.Contains(w.buf.String(), w.match) {
+		w.once.Do(w.f)
+	}
+	return len(b), nil
 }
 
 func TestRunMissingExecutable(t *testing.T) {
@@ -518,6 +575,9 @@ func TestUnprivilegedPtrace(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build tracer: %v\n%s", err, out)
 	}
+	if interp := readELFInterp(bin); interp != "" {
+		t.Errorf("the tracer binary is not static: PT_INTERP %s", interp)
+	}
 	out := filepath.Join(f.dir, "out")
 	if err := os.Mkdir(out, 0o777); err != nil {
 		t.Fatal(err)
@@ -560,8 +620,25 @@ func TestUnprivilegedPtrace(t *testing.T) {
 			t.Errorf("%s status: %s", mech, st)
 		}
 	}
+	// A script with a pipeline, dynamic programs included.
+	script := f.write(t, "nobody.sh", fmt.Sprintf("#!/bin/sh\ncat %s | cat - %s >/dev/null\nexec %s threads %s\n",
+		f.path("a.txt"), f.path("b.txt"), f.wl, f.path("c.txt")), 0o755)
+	rec := filepath.Join(out, "script.jsonl")
+	runAsNobody("--tracer", "ptrace", "--record-out", rec, "--", script)
+	var got []string
+	for _, e := range readRecordFile(t, rec) {
+		if rel, ok := strings.CutPrefix(e.Path, strings.TrimPrefix(f.dir, "/")+"/"); ok {
+			got = append(got, rel)
+		}
+	}
+	// The two cats of the pipeline run concurrently: compare as sets.
+	slices.Sort(got)
+	if want := []string{"a.txt", "b.txt", "c.txt", "nobody.sh", "wl"}; !slices.Equal(got, want) {
+		t.Errorf("script as nobody recorded %q, want %q", got, want)
+	}
+
 	// The workload inherits the tracer's capabilities: none.
-	rec := filepath.Join(out, "caps.jsonl")
+	rec = filepath.Join(out, "caps.jsonl")
 	if caps := strings.TrimSpace(runAsNobody("--tracer", "ptrace", "--record-out", rec, "--", f.wl, "caps")); caps != "0000000000000000" {
 		t.Errorf("CapEff under the unprivileged tracer = %q, want none", caps)
 	}

@@ -98,6 +98,7 @@ func main() {
 			time.Sleep(time.Millisecond)
 		}
 		if len(args) > 2 {
+			fmt.Println("daemon up")
 			sleepForever()
 		}
 	case "daemon-parent": // start the daemon in a new session and leave
@@ -126,6 +127,8 @@ func main() {
 			done <- syscall.Exec(os.Args[0], []string{os.Args[0], "read", args[0]}, os.Environ())
 		}()
 		fail(<-done)
+	case "selfexec": // exec /proc/self/exe read FILE, as busybox runs applets
+		fail(syscall.Exec("/proc/self/exe", []string{"wl", "read", args[0]}, os.Environ()))
 	case "caps": // print the effective capabilities
 		b, err := os.ReadFile("/proc/self/status")
 		if err != nil {
@@ -136,16 +139,29 @@ func main() {
 				fmt.Println(strings.TrimSpace(strings.TrimPrefix(l, "CapEff:")))
 			}
 		}
-	case "many": // many DIR N: open N files DIR/fNNNNN
+	case "many": // many DIR N [DISTINCT]: open N files DIR/fNNNNN, cycling
+		// through the first DISTINCT of them (default N)
 		n, _ := strconv.Atoi(args[1])
+		distinct := n
+		if len(args) > 2 {
+			distinct, _ = strconv.Atoi(args[2])
+		}
 		buf := make([]byte, 4096)
 		for i := range n {
-			f, err := os.Open(filepath.Join(args[0], fmt.Sprintf("f%05d", i)))
+			f, err := os.Open(filepath.Join(args[0], fmt.Sprintf("f%05d", i%distinct)))
 			if err != nil {
 				fail(err)
 			}
 			f.Read(buf)
 			f.Close()
+		}
+	case "missing": // missing DIR N: try to open N names that do not exist
+		n, _ := strconv.Atoi(args[1])
+		for i := range n {
+			if f, err := os.Open(filepath.Join(args[0], fmt.Sprintf("missing%05d", i))); err == nil {
+				f.Close()
+				fail(fmt.Errorf("%s exists", f.Name()))
+			}
 		}
 	default:
 		fail(fmt.Errorf("unknown mode %q", mode))
