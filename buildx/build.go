@@ -226,7 +226,10 @@ func withProgress(ctx context.Context, stderr io.Writer, mode progressui.Display
 	eg, ectx := errgroup.WithContext(ctx)
 	eg.Go(func() error { return f(ectx, ch) })
 	eg.Go(func() error {
-		_, err := display.UpdateFrom(context.WithoutCancel(ectx), ch)
+		warnings, err := display.UpdateFrom(context.WithoutCancel(ectx), ch)
+		for _, w := range warnings {
+			fmt.Fprintf(stderr, "WARNING: %s\n", w.Short)
+		}
 		return err
 	})
 	return eg.Wait()
@@ -288,5 +291,6 @@ func addDaemonFlags(cmd *cobra.Command, o *DaemonOptions) {
 	fl.StringVar(&o.Root, "root", "", "State directory of the embedded daemon (default \""+defaultEmbeddedRoot+"\")")
 	fl.StringVar(&o.Config, "config", "", "Configuration of the embedded daemon (buildkitd.toml format)")
 	fl.StringVar(&o.Snapshotter, "oci-worker-snapshotter", "", "Snapshotter of the embedded daemon: stargz (default), overlayfs or native")
+	fl.StringVar(&o.Frontend, "dockerfile-frontend", "", "Frontend of the embedded daemon's dockerfile.v0: buildkit (default) or stargazer (adds the trace step)")
 	fl.BoolVar(&o.Debug, "debug", false, "Enable debug logs of the embedded daemon")
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/stargazer-build/stargazer/worker"
+	"github.com/stargazer-build/stargazer/worker/daemoncmd"
 )
 
 // DaemonOptions select and configure the daemon a command talks to.
@@ -23,6 +24,9 @@ type DaemonOptions struct {
 	Config string
 	// Snapshotter overrides the embedded daemon's snapshotter.
 	Snapshotter string
+	// Frontend selects the embedded daemon's dockerfile.v0: "buildkit" or
+	// "stargazer" (see daemoncmd.FrontendOptions).
+	Frontend string
 	// Debug makes the embedded daemon log at debug level.
 	Debug bool
 }
@@ -41,6 +45,8 @@ func (o DaemonOptions) validate() error {
 		return errors.New("--config configures the embedded daemon and cannot be used with --addr")
 	case o.Snapshotter != "":
 		return errors.New("--oci-worker-snapshotter configures the embedded daemon and cannot be used with --addr")
+	case o.Frontend != "":
+		return errors.New("--dockerfile-frontend configures the embedded daemon and cannot be used with --addr")
 	}
 	return nil
 }
@@ -72,8 +78,13 @@ func connect(ctx context.Context, o DaemonOptions, opts ...worker.Option) (strin
 	if o.Snapshotter != "" {
 		cfg.Workers.OCI.Snapshotter = o.Snapshotter
 	}
-	d, err := worker.New(ctx, cfg, opts...)
+	feOpts, stopFrontend, err := daemoncmd.FrontendOptions(o.Frontend)
 	if err != nil {
+		return "", nil, err
+	}
+	d, err := worker.New(ctx, cfg, append(feOpts, opts...)...)
+	if err != nil {
+		stopFrontend()
 		if errors.Is(err, worker.ErrRootInUse) {
 			return "", nil, fmt.Errorf("%w; pass --addr to build on the running daemon, or --root for another state directory", err)
 		}
@@ -84,12 +95,14 @@ func connect(ctx context.Context, o DaemonOptions, opts ...worker.Option) (strin
 	sockDir, err := os.MkdirTemp("", "stargazer-")
 	if err != nil {
 		d.Close()
+		stopFrontend()
 		return "", nil, err
 	}
 	addr := "unix://" + filepath.Join(sockDir, "buildkitd.sock")
 	l, err := worker.Listen(addr, 0)
 	if err != nil {
 		d.Close()
+		stopFrontend()
 		os.RemoveAll(sockDir)
 		return "", nil, err
 	}
@@ -101,7 +114,7 @@ func connect(ctx context.Context, o DaemonOptions, opts ...worker.Option) (strin
 		serveErr := <-served
 		l.Close()
 		os.RemoveAll(sockDir)
-		return errors.Join(serveErr, d.Close())
+		return errors.Join(serveErr, d.Close(), stopFrontend())
 	}
 	return addr, stop, nil
 }

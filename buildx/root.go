@@ -18,6 +18,6 @@ func NewRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	cmd.AddCommand(newBuildCommand(), newTraceCommand())
+	cmd.AddCommand(newBuildCommand(), newTraceCommand(), newFrontendCommand())
 	return cmd
 }

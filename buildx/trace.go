@@ -31,11 +31,6 @@ import (
 	"github.com/stargazer-build/stargazer/tracer/buildtrace"
 )
 
-// TracerSubcommand is the hidden argument that makes the stargazer binary
-// act as the in-container tracer. A main that supports it calls
-// tracer.MaybeRunShim first and dispatches on it before anything else.
-const TracerSubcommand = "__trace"
-
 const (
 	localTracer = "stargazer-tracer"
 	localMount  = "stargazer-mount-"
@@ -150,7 +145,7 @@ func Trace(ctx context.Context, o TraceOptions) (*TraceResult, error) {
 		} else {
 			rootfs = llb.Image(pinned, llb.Platform(platform))
 		}
-		tr := buildtrace.Tracer{State: llb.Local(localTracer), Path: "stargazer", Args: []string{TracerSubcommand}}
+		tr := buildtrace.Tracer{State: llb.Local(localTracer), Path: "stargazer", Args: []string{tracer.Subcommand}}
 		r, err := buildtrace.Run(ctx, c, rootfs, img.Config.Config, tr, w, llb.Platform(platform))
 		if err != nil {
 			return nil, err

@@ -114,6 +114,7 @@ func TestTraceOCITarAndWorkloadEnds(t *testing.T) {
 		{"killed at the period", []string{"--period", "2s"}, []string{"app/forever.sh", "bin/busybox", "data/small.txt"}, ""},
 		{"stopped by the line", []string{"--period", "60s", "--wait-on-line", "serving"}, []string{"app/forever.sh", "bin/busybox", "data/small.txt"}, ""},
 		{"exits non-zero", []string{"--args", `["/app/fail.sh"]`}, []string{"app/fail.sh", "bin/busybox", "data/dir/nested.txt"}, "code 3"},
+		{"fanotify", []string{"--tracer", "fanotify", "--period", "2s"}, []string{"app/forever.sh", "bin/busybox", "data/small.txt"}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

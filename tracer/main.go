@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -26,6 +27,35 @@ type Status struct {
 	Files      int      `json:"files"`
 	DurationMs int64    `json:"durationMs"`
 	Warnings   []string `json:"warnings,omitempty"`
+	// Output is the end of what the workload wrote to stdout and stderr,
+	// for error messages about a workload that failed.
+	Output string `json:"output,omitempty"`
+}
+
+// outputTailSize is how much of the workload's output Status keeps.
+const outputTailSize = 4 << 10
+
+// tailWriter keeps the last max bytes written to it.
+type tailWriter struct {
+	mu  sync.Mutex
+	max int
+	buf []byte
+}
+
+func (t *tailWriter) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if over := len(t.buf) - t.max; over > 0 {
+		t.buf = append(t.buf[:0], t.buf[over:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailWriter) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.buf)
 }
 
 const mainUsage = `usage: %s [flags] -- ARGV...
@@ -97,6 +127,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	// worth writing.
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
+	tail := &tailWriter{max: outputTailSize}
 	res, err := Run(ctx, Config{
 		Argv:       argv,
 		Dir:        *dir,
@@ -104,8 +135,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		WaitOnLine: *waitOnLine,
 		Mechanism:  mech,
 		Stdin:      os.Stdin,
-		Stdout:     workloadOut,
-		Stderr:     stderr,
+		Stdout:     io.MultiWriter(workloadOut, tail),
+		Stderr:     io.MultiWriter(stderr, tail),
 	})
 	if err != nil && (res == nil || !errors.Is(err, context.Canceled)) {
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
@@ -129,6 +160,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 
 	st := res.Status()
+	st.Output = tail.String()
 	for _, w := range st.Warnings {
 		fmt.Fprintf(stderr, "%s: warning: %s\n", name, w)
 	}

@@ -2,8 +2,9 @@
 // builds on a lazily pulling BuildKit worker, with a daemon embedded in the
 // process unless --addr names one.
 //
-// The same static executable is the in-container tracer: `stargazer trace`
-// mounts it into the trace step, where it runs as `stargazer __trace`.
+// The same static executable is the in-container tracer (mounted into
+// trace steps, run as `stargazer __trace`) and, installed as
+// /bin/stargazer-frontend, the frontend of a `# syntax=` image.
 package main
 
 import (
@@ -11,16 +12,22 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/stargazer-build/stargazer/buildx"
+	"github.com/stargazer-build/stargazer/frontend"
 	"github.com/stargazer-build/stargazer/tracer"
 )
 
 func main() {
-	tracer.MaybeRunShim()
-	if len(os.Args) > 1 && os.Args[1] == buildx.TracerSubcommand {
-		os.Exit(tracer.Main(os.Args[2:], os.Stdout, os.Stderr))
+	tracer.MaybeRunSubcommand()
+	if filepath.Base(os.Args[0]) == filepath.Base(frontend.TracerPath) {
+		if err := frontend.Main(); err != nil {
+			fmt.Fprintln(os.Stderr, "stargazer-frontend:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	err := buildx.NewRootCommand().ExecuteContext(ctx)

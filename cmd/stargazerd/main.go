@@ -7,10 +7,14 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/stargazer-build/stargazer/tracer"
 	"github.com/stargazer-build/stargazer/worker/daemoncmd"
 )
 
 func main() {
+	// The daemon's executable is also the tracer its builds mount when it
+	// serves stargazer's frontend as dockerfile.v0.
+	tracer.MaybeRunSubcommand()
 	if err := daemoncmd.New().Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "stargazerd:", err)
 		os.Exit(1)

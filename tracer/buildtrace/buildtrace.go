@@ -127,7 +127,7 @@ func Exec(rootfs llb.State, cfg ocispec.ImageConfig, tr Tracer, w Workload) (llb
 		period = 0
 	}
 
-	cmd := []string{path.Join(tracerDir, tr.Path)}
+	cmd := []string{path.Join(tracerDir, path.Base(tr.Path))}
 	cmd = append(cmd, tr.Args...)
 	cmd = append(cmd,
 		"--tracer", mech,

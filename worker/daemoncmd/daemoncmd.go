@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/stargazer-build/stargazer/frontend"
 	"github.com/stargazer-build/stargazer/worker"
 )
 
@@ -71,6 +72,7 @@ type flags struct {
 	entitlements []string
 	proxyNetwork bool
 
+	frontend       string
 	ociWorker      string
 	snapshotter    string
 	net            string
@@ -113,6 +115,7 @@ func New() *cobra.Command {
 	fl.StringVar(&f.logFormat, "log-format", "text", "log formatter: json or text")
 	fl.StringSliceVar(&f.entitlements, "allow-insecure-entitlement", nil, "allows insecure entitlements e.g. network.host, security.insecure, device")
 	fl.BoolVar(&f.proxyNetwork, "proxy-network", false, "enable proxy network enforcement for all builds")
+	fl.StringVar(&f.frontend, "dockerfile-frontend", FrontendBuildKit, "frontend serving dockerfile.v0: buildkit (BuildKit's own) or stargazer (adds the trace step)")
 	fl.StringVar(&f.ociWorker, "oci-worker", "true", "enable oci workers (true/false/auto)")
 	fl.StringVar(&f.snapshotter, "oci-worker-snapshotter", worker.SnapshotterStargz, "name of snapshotter (stargz, overlayfs, native or auto)")
 	fl.StringVar(&f.net, "oci-worker-net", "auto", "worker network type (auto, cni or host)")
@@ -169,7 +172,12 @@ func run(cmd *cobra.Command, f *flags) error {
 		listeners = append(listeners, l)
 	}
 
-	d, err := worker.New(ctx, cfg)
+	opts, stopFrontend, err := FrontendOptions(f.frontend)
+	if err != nil {
+		return err
+	}
+	defer stopFrontend()
+	d, err := worker.New(ctx, cfg, opts...)
 	if err != nil {
 		return err
 	}
@@ -180,6 +188,28 @@ func run(cmd *cobra.Command, f *flags) error {
 		bklog.L.WithError(err).Warn("shutdown")
 	}
 	return serveErr
+}
+
+// Values of --dockerfile-frontend.
+const (
+	FrontendBuildKit  = "buildkit"
+	FrontendStargazer = "stargazer"
+)
+
+// FrontendOptions returns the daemon options for a --dockerfile-frontend
+// value and a function to call when the daemon has stopped.
+func FrontendOptions(name string) ([]worker.Option, func() error, error) {
+	switch name {
+	case "", FrontendBuildKit:
+		return nil, func() error { return nil }, nil
+	case FrontendStargazer:
+		opt, stop, err := frontend.DaemonOption()
+		if err != nil {
+			return nil, nil, err
+		}
+		return []worker.Option{opt}, stop, nil
+	}
+	return nil, nil, fmt.Errorf("invalid --dockerfile-frontend %q: want %s or %s", name, FrontendBuildKit, FrontendStargazer)
 }
 
 // applyFlags lets flags that were set override the configuration file, as
