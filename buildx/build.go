@@ -1,6 +1,7 @@
 package buildx
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,6 +19,9 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/tonistiigi/fsutil"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/stargazer-build/stargazer/exporter"
+	"github.com/stargazer-build/stargazer/tracer"
 )
 
 // BuildOptions are the inputs of one build, named as buildx names them.
@@ -33,7 +37,10 @@ type BuildOptions struct {
 	NoCache      bool
 	Progress     string
 	MetadataFile string
-	Daemon       DaemonOptions
+	// RecordIn is a record file the optimizing exporter prioritizes by
+	// when the build result carries none.
+	RecordIn string
+	Daemon   DaemonOptions
 
 	// Stderr receives progress; nil means os.Stderr.
 	Stderr io.Writer
@@ -141,11 +148,48 @@ func (o BuildOptions) solveOpt() (client.SolveOpt, error) {
 			return so, err
 		}
 	}
+	if o.RecordIn != "" {
+		if err := attachRecord(&so, o.RecordIn); err != nil {
+			return so, err
+		}
+	}
 	dockerConfig := config.LoadDefaultConfigFile(io.Discard)
 	so.Session = []session.Attachable{authprovider.NewDockerAuthProvider(authprovider.DockerAuthProviderConfig{
 		AuthConfigProvider: authprovider.LoadAuthConfig(dockerConfig),
 	})}
 	return so, nil
+}
+
+// attachRecord passes a record file to every image, oci and docker output.
+func attachRecord(so *client.SolveOpt, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("--record-in: %w", err)
+	}
+	defer f.Close()
+	entries, err := tracer.ReadRecord(f)
+	if err != nil {
+		return fmt.Errorf("--record-in %s: %w", path, err)
+	}
+	var buf bytes.Buffer
+	if err := tracer.NewWriter(&buf).WriteAll(entries); err != nil {
+		return err
+	}
+	n := 0
+	for i := range so.Exports {
+		switch so.Exports[i].Type {
+		case client.ExporterImage, client.ExporterOCI, client.ExporterDocker:
+			so.Exports[i].Attrs[exporter.AttrRecord] = buf.String()
+			if _, ok := so.Exports[i].Attrs[exporter.AttrOptimize]; !ok {
+				so.Exports[i].Attrs[exporter.AttrOptimize] = "true"
+			}
+			n++
+		}
+	}
+	if n == 0 {
+		return errors.New("--record-in needs an image, oci or docker output")
+	}
+	return nil
 }
 
 // applyTags gives --tag and --push their buildx meaning: names for the
@@ -281,6 +325,7 @@ base images lazily. Without --addr the daemon runs inside this process.`,
 	fl.BoolVar(&o.NoCache, "no-cache", false, "Do not use cache when building the image")
 	fl.StringVar(&o.Progress, "progress", "auto", `Set type of progress output ("auto", "plain", "tty", "rawjson", "quiet")`)
 	fl.StringVar(&o.MetadataFile, "metadata-file", "", "Write build result metadata to a file")
+	fl.StringVar(&o.RecordIn, "record-in", "", "Optimize image outputs by this record (JSON lines) when the build result carries none")
 	addDaemonFlags(cmd, &o.Daemon)
 	return cmd
 }

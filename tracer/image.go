@@ -25,10 +25,18 @@ import (
 // that serves ranges only the TOC is fetched; any other layer is read and
 // decompressed whole.
 func IndexImage(ctx context.Context, p content.Provider, m ocispec.Manifest) (*LayerIndex, error) {
+	return IndexImageLayers(ctx, p, m, nil)
+}
+
+// IndexImageLayers is IndexImage with some layers left out: a layer for
+// which skip returns true is indexed as empty and its blob is not read.
+func IndexImageLayers(ctx context.Context, p content.Provider, m ocispec.Manifest, skip func(i int, l ocispec.Descriptor) bool) (*LayerIndex, error) {
 	idx := NewLayerIndex()
 	for i, l := range m.Layers {
 		var err error
-		if tocDigest, ok := layerTOCDigest(l); ok {
+		if skip != nil && skip(i, l) {
+			err = idx.AddLayer(emptyTar())
+		} else if tocDigest, ok := layerTOCDigest(l); ok {
 			err = indexFromTOC(ctx, p, l, tocDigest, idx)
 		} else {
 			err = indexFromBlob(ctx, p, l, idx)
@@ -38,6 +46,19 @@ func IndexImage(ctx context.Context, p content.Provider, m ocispec.Manifest) (*L
 		}
 	}
 	return idx, nil
+}
+
+func emptyTar() io.Reader {
+	var buf bytes.Buffer
+	tar.NewWriter(&buf).Close()
+	return &buf
+}
+
+// HasTOC reports whether a layer descriptor announces a TOC (eStargz or
+// zstd:chunked).
+func HasTOC(l ocispec.Descriptor) bool {
+	_, ok := layerTOCDigest(l)
+	return ok
 }
 
 func layerTOCDigest(l ocispec.Descriptor) (digest.Digest, bool) {

@@ -22,17 +22,17 @@ import (
 // so this is the one place where an exporter can take over types such as
 // "image", "oci" and "docker" without a second daemon.
 type ExporterWrapper interface {
-	// WrapExporter returns the exporter to use for name. inner is BuildKit's
-	// own exporter for that name, or nil when BuildKit has none.
-	WrapExporter(name string, sm *session.Manager, inner exporter.Exporter) (exporter.Exporter, error)
+	// WrapExporter returns the exporter w uses for name. inner is
+	// BuildKit's own exporter for that name, or nil when BuildKit has none.
+	WrapExporter(w *Worker, name string, sm *session.Manager, inner exporter.Exporter) (exporter.Exporter, error)
 }
 
 // ExporterWrapperFunc adapts a function to ExporterWrapper.
-type ExporterWrapperFunc func(name string, sm *session.Manager, inner exporter.Exporter) (exporter.Exporter, error)
+type ExporterWrapperFunc func(w *Worker, name string, sm *session.Manager, inner exporter.Exporter) (exporter.Exporter, error)
 
 // WrapExporter calls f.
-func (f ExporterWrapperFunc) WrapExporter(name string, sm *session.Manager, inner exporter.Exporter) (exporter.Exporter, error) {
-	return f(name, sm, inner)
+func (f ExporterWrapperFunc) WrapExporter(w *Worker, name string, sm *session.Manager, inner exporter.Exporter) (exporter.Exporter, error) {
+	return f(w, name, sm, inner)
 }
 
 // Worker is BuildKit's base worker with a replaceable exporter.
@@ -52,7 +52,7 @@ func (w *Worker) Exporter(name string, sm *session.Manager) (exporter.Exporter, 
 		// BuildKit knows no such exporter; the wrapper may still.
 		inner = nil
 	}
-	wrapped, werr := w.wrapper.WrapExporter(name, sm, inner)
+	wrapped, werr := w.wrapper.WrapExporter(w, name, sm, inner)
 	if werr != nil {
 		return nil, werr
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/stargazer-build/stargazer/exporter"
 	"github.com/stargazer-build/stargazer/frontend"
 	"github.com/stargazer-build/stargazer/worker"
 )
@@ -197,17 +198,18 @@ const (
 )
 
 // FrontendOptions returns the daemon options for a --dockerfile-frontend
-// value and a function to call when the daemon has stopped.
+// value, with stargazer's optimizing exporter, and a function to call when
+// the daemon has stopped.
 func FrontendOptions(name string) ([]worker.Option, func() error, error) {
 	switch name {
 	case "", FrontendBuildKit:
-		return nil, func() error { return nil }, nil
+		return []worker.Option{worker.WithExporterWrapper(exporter.Wrapper())}, func() error { return nil }, nil
 	case FrontendStargazer:
 		opt, stop, err := frontend.DaemonOption()
 		if err != nil {
 			return nil, nil, err
 		}
-		return []worker.Option{opt}, stop, nil
+		return []worker.Option{opt, worker.WithExporterWrapper(exporter.Wrapper())}, stop, nil
 	}
 	return nil, nil, fmt.Errorf("invalid --dockerfile-frontend %q: want %s or %s", name, FrontendBuildKit, FrontendStargazer)
 }

@@ -1,0 +1,230 @@
+package exporter_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/stargazer-build/stargazer/buildx"
+	"github.com/stargazer-build/stargazer/exporter/verify"
+	"github.com/stargazer-build/stargazer/testutil"
+)
+
+const appScript = "#!/bin/sh\ncat /app/conf.txt\ncat /data/small.txt\necho ready\n"
+
+func appContext(t *testing.T, base string) string {
+	return testutil.BuildContext(t, map[string]string{
+		"Dockerfile": "FROM " + base + "\nCOPY --chmod=755 run.sh /app/run.sh\nCOPY conf.txt unused.txt /app/\nCMD [\"/app/run.sh\"]\n",
+		"run.sh":     appScript,
+		"conf.txt":   "conf\n",
+		"unused.txt": strings.Repeat("never read\n", 1000),
+	})
+}
+
+func build(t *testing.T, d *testutil.Daemon, ctxDir string, outputs ...string) (map[string]string, string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
+	defer cancel()
+	var progress bytes.Buffer
+	resp, err := buildx.Build(ctx, buildx.BuildOptions{
+		ContextDir: ctxDir, Outputs: outputs, Progress: "plain", Stderr: &progress,
+		Daemon: buildx.DaemonOptions{Addr: d.Addr},
+	})
+	return resp, progress.String(), err
+}
+
+// imageProvider reads an image's blobs from its fixture copy.
+type imageProvider struct{ img testutil.Image }
+
+func (p imageProvider) ReaderAt(_ context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
+	b := p.img.Blob(desc.Digest)
+	if b == nil {
+		return nil, os.ErrNotExist
+	}
+	return readerAt{bytes.NewReader(b)}, nil
+}
+
+type readerAt struct{ *bytes.Reader }
+
+func (readerAt) Close() error { return nil }
+
+func TestOptimizedPushPrefetchesWhatTheWorkloadReads(t *testing.T) {
+	testutil.RequireIntegration(t)
+	reg := testutil.NewRegistry(t)
+	// A gzip base: every layer is converted, so every file the workload
+	// reads is prioritized.
+	base := testutil.PushLarge(t, reg, testutil.Gzip)
+	d := testutil.StartDaemon(t, testutil.WithPlainHTTPRegistry(reg.Host()), testutil.WithDaemonArgs("--dockerfile-frontend", "stargazer"))
+	ref := reg.Ref("app:optimized")
+	resp, progress, err := build(t, d, appContext(t, base.Ref), "type=image,name="+ref+",push=true,optimize=true")
+	if err != nil {
+		t.Fatalf("build: %v\n%s", err, progress)
+	}
+	img := testutil.FetchImage(t, reg.Ref("app")+"@"+resp["containerimage.digest"])
+
+	// The image verifies, and its layers prioritize exactly the reads.
+	want := map[int][]string{0: {"bin/busybox"}, 2: {"data/small.txt"}, 3: {"app/run.sh"}, 4: {"app/conf.txt"}}
+	rep, err := verify.Image(t.Context(), imageProvider{img}, img.Manifest,
+		verify.WithPrioritizedFiles(func(_ ocispec.Platform, i int) []string { return want[i] }))
+	if err != nil {
+		var buf bytes.Buffer
+		if rep != nil {
+			rep.WriteTable(&buf)
+		}
+		t.Fatalf("verify: %v\n%s", err, buf.String())
+	}
+
+	// A cold daemon with prefetch on runs the workload: after the
+	// prefetch nothing is fetched on demand.
+	d2 := testutil.StartDaemon(t, testutil.WithPlainHTTPRegistry(reg.Host()), testutil.WithPrefetch(true))
+	reg.Reset()
+	run := testutil.BuildContext(t, map[string]string{"Dockerfile": "FROM " + ref + " AS run\nRUN /app/run.sh > /out.txt\nFROM scratch\nCOPY --from=run /out.txt /\n"})
+	if _, progress, err := build(t, d2, run, "type=local,dest="+t.TempDir()); err != nil {
+		t.Fatalf("run the optimized image: %v\n%s", err, progress)
+	}
+	prefetch := map[digest.Digest]int64{}
+	for _, m := range rep.Manifests {
+		for _, l := range m.Layers {
+			prefetch[l.Digest] = l.PrefetchSize
+		}
+	}
+	for _, l := range img.Layers {
+		blob := img.Blob(l.Digest)
+		tocOff, _, err := estargz.OpenFooter(io.NewSectionReader(bytes.NewReader(blob), 0, int64(len(blob))))
+		if err != nil {
+			t.Fatalf("layer %s footer: %v", l.Digest, err)
+		}
+		for _, r := range reg.BlobStats(l.Digest).Ranges {
+			if r.Start < 0 || r.End < 0 {
+				continue // suffix reads: the footer and TOC
+			}
+			// Allowed: the prefetch from the start of the blob; the tail
+			// with the TOC and footer (the snapshotter aligns the start
+			// of that read down to its fetch granularity); a one-byte
+			// availability check. Anything else is an on-demand fetch.
+			switch {
+			case r.End >= tocOff:
+			case r.Start == 0 && prefetch[l.Digest] > 0 && r.End < prefetch[l.Digest]+1<<20:
+			case r.End-r.Start <= 1:
+			default:
+				t.Errorf("layer %s (prefetch %d, TOC at %d): on-demand read %d-%d", l.Digest, prefetch[l.Digest], tocOff, r.Start, r.End)
+			}
+		}
+	}
+	large := img.Layers[2]
+	if served := reg.BlobStats(large.Digest).Bytes; served > large.Size/10 {
+		t.Errorf("the large layer was fetched (%d of %d bytes): not lazy", served, large.Size)
+	}
+}
+
+func TestOptimizedKeepsEStargzBaseAndRunsEverywhere(t *testing.T) {
+	testutil.RequireIntegration(t)
+	reg := testutil.NewRegistry(t)
+	base := testutil.PushLarge(t, reg, testutil.EStargz)
+	d := testutil.StartDaemon(t, testutil.WithPlainHTTPRegistry(reg.Host()), testutil.WithDaemonArgs("--dockerfile-frontend", "stargazer"))
+	reg.Reset()
+	ref := reg.Ref("other/app:optimized")
+	resp, progress, err := build(t, d, appContext(t, base.Ref), "type=image,name="+ref+",push=true,optimize=true")
+	if err != nil {
+		t.Fatalf("build: %v\n%s", err, progress)
+	}
+	// Before anything reads the pushed image: the base layers were never
+	// fetched whole (the trace reads what it needs by range) nor
+	// uploaded, only mounted from their repository.
+	for i, l := range base.Layers {
+		if st := reg.BlobStats(l.Digest); st.Gets > st.RangeGets {
+			t.Errorf("base layer %d was fetched whole (%d GETs without a range, %d bytes)", i, st.Gets-st.RangeGets, st.Bytes)
+		}
+	}
+	mounted := 0
+	for _, r := range reg.Requests() {
+		if r.Method == "POST" && strings.Contains(r.Path, "/v2/other/app/blobs/uploads") && r.Status == 201 {
+			mounted++
+		}
+		if r.Method == "PATCH" || r.Method == "PUT" && r.Bytes > 0 {
+			t.Logf("upload request %s %s (%d bytes)", r.Method, r.Path, r.Bytes)
+		}
+	}
+	if mounted < len(base.Layers) {
+		t.Errorf("%d blobs mounted from another repository, want at least the %d base layers", mounted, len(base.Layers))
+	}
+	img := testutil.FetchImage(t, reg.Ref("other/app")+"@"+resp["containerimage.digest"])
+	for i, l := range base.Layers {
+		if img.Layers[i].Digest != l.Digest {
+			t.Errorf("base layer %d: digest %s, want the base's %s", i, img.Layers[i].Digest, l.Digest)
+		}
+	}
+	if _, err := verify.Image(t.Context(), imageProvider{img}, img.Manifest); err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+
+	// The image is valid gzip: it runs on the overlayfs worker too.
+	d2 := testutil.StartDaemon(t, testutil.WithPlainHTTPRegistry(reg.Host()), testutil.WithSnapshotter("overlayfs"))
+	out := t.TempDir()
+	run := testutil.BuildContext(t, map[string]string{"Dockerfile": "FROM " + ref + " AS run\nRUN /app/run.sh > /out.txt\nFROM scratch\nCOPY --from=run /out.txt /\n"})
+	if _, progress, err := build(t, d2, run, "type=local,dest="+out); err != nil {
+		t.Fatalf("run on overlayfs: %v\n%s", err, progress)
+	}
+	if b, _ := os.ReadFile(filepath.Join(out, "out.txt")); !strings.Contains(string(b), "ready") {
+		t.Fatalf("workload output %q", b)
+	}
+
+	// The OCI tar of the same build imports into containerd.
+	tarPath := filepath.Join(t.TempDir(), "app.tar")
+	if _, progress, err := build(t, d, appContext(t, base.Ref), "type=oci,dest="+tarPath+",name=example.test/app:opt,optimize=true"); err != nil {
+		t.Fatalf("oci export: %v\n%s", err, progress)
+	}
+	layout := testutil.ReadOCILayoutTar(t, tarPath)
+	if _, err := verify.Image(t.Context(), layoutProvider{layout}, layout.Index.Manifests[0]); err != nil {
+		t.Fatalf("verify OCI tar: %v", err)
+	}
+	ctd := testutil.StartContainerd(t)
+	if out, err := ctd.Ctr(t.Context(), "image", "import", tarPath); err != nil {
+		t.Fatalf("ctr import: %v\n%s", err, out)
+	}
+}
+
+func TestOptimizeBadInput(t *testing.T) {
+	testutil.RequireIntegration(t)
+	reg := testutil.NewRegistry(t)
+	base := testutil.PushBase(t, reg, testutil.Gzip)
+	d := testutil.StartDaemon(t, testutil.WithPlainHTTPRegistry(reg.Host()))
+	_, _, err := build(t, d, appContext(t, base.Ref), "type=oci,dest="+t.TempDir()+"/x.tar,optimize=true,compression=zstd:chunked,oci-mediatypes=false")
+	if err == nil || !strings.Contains(err.Error(), "zstd:chunked") {
+		t.Fatalf("zstd:chunked with docker media types: %v", err)
+	}
+	// A record path missing from the image is warned about, not fatal.
+	rec := filepath.Join(t.TempDir(), "rec.json")
+	os.WriteFile(rec, []byte("{\"path\":\"app/run.sh\"}\n{\"path\":\"no/such/file\"}\n"), 0o644)
+	var progress bytes.Buffer
+	_, err = buildx.Build(t.Context(), buildx.BuildOptions{
+		ContextDir: appContext(t, base.Ref), Outputs: []string{"type=oci,dest=" + t.TempDir() + "/y.tar"},
+		RecordIn: rec, Progress: "plain", Stderr: &progress, Daemon: buildx.DaemonOptions{Addr: d.Addr},
+	})
+	if err != nil {
+		t.Fatalf("record with a missing path: %v", err)
+	}
+	if !strings.Contains(progress.String(), "1 recorded paths are not files") {
+		t.Fatalf("no warning about the missing path:\n%s", progress.String())
+	}
+}
+
+type layoutProvider struct{ l *testutil.OCILayout }
+
+func (p layoutProvider) ReaderAt(_ context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
+	b, ok := p.l.Blobs[desc.Digest]
+	if !ok {
+		return nil, os.ErrNotExist
+	}
+	return readerAt{bytes.NewReader(b)}, nil
+}
