@@ -61,31 +61,65 @@ func PushFrontend(ctx context.Context, ref string) (digest.Digest, error) {
 	if err != nil {
 		return "", err
 	}
+	var descs []ocispec.Descriptor
+	store := map[digest.Digest][]byte{}
+	for _, b := range append(blobs, manifest) {
+		descs = append(descs, b.desc)
+		store[b.desc.Digest] = b.data
+	}
+	if err := pushBlobs(ctx, ref, descs, memProvider(store)); err != nil {
+		return "", err
+	}
+	return manifest.desc.Digest, nil
+}
+
+// pushBlobs pushes descs to ref in order (blobs before the manifests that
+// refer to them), reading them from p. A blob the registry has, or mounts
+// from the repository a "containerd.io/distribution.source.<host>"
+// annotation names, is not uploaded.
+func pushBlobs(ctx context.Context, ref string, descs []ocispec.Descriptor, p content.Provider) error {
 	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: clientRegistryHosts()})
 	pusher, err := resolver.Pusher(ctx, ref)
 	if err != nil {
-		return "", fmt.Errorf("push %s: %w", ref, err)
+		return fmt.Errorf("push %s: %w", ref, err)
 	}
-	// Blobs before the manifest that refers to them.
-	for _, b := range append(blobs, manifest) {
-		w, err := pusher.Push(ctx, b.desc)
+	for _, d := range descs {
+		w, err := pusher.Push(ctx, d)
 		if errdefs.IsAlreadyExists(err) {
 			continue
 		}
 		if err != nil {
-			return "", fmt.Errorf("push %s: %s: %w", ref, b.desc.Digest, err)
+			return fmt.Errorf("push %s: %s: %w", ref, d.Digest, err)
 		}
-		if err := content.Copy(ctx, w, bytes.NewReader(b.data), b.desc.Size, b.desc.Digest); err != nil {
+		ra, err := p.ReaderAt(ctx, d)
+		if err != nil {
 			w.Close()
-			if errdefs.IsAlreadyExists(err) {
-				continue
-			}
-			return "", fmt.Errorf("push %s: %s: %w", ref, b.desc.Digest, err)
+			return fmt.Errorf("push %s: read %s: %w", ref, d.Digest, err)
 		}
+		err = content.Copy(ctx, w, content.NewReader(ra), d.Size, d.Digest)
+		ra.Close()
 		w.Close()
+		if err != nil && !errdefs.IsAlreadyExists(err) {
+			return fmt.Errorf("push %s: %s: %w", ref, d.Digest, err)
+		}
 	}
-	return manifest.desc.Digest, nil
+	return nil
 }
+
+// memProvider serves blobs held in memory.
+type memProvider map[digest.Digest][]byte
+
+func (m memProvider) ReaderAt(_ context.Context, d ocispec.Descriptor) (content.ReaderAt, error) {
+	b, ok := m[d.Digest]
+	if !ok {
+		return nil, fmt.Errorf("blob %s: %w", d.Digest, errdefs.ErrNotFound)
+	}
+	return bytesReaderAt{bytes.NewReader(b)}, nil
+}
+
+type bytesReaderAt struct{ *bytes.Reader }
+
+func (bytesReaderAt) Close() error { return nil }
 
 type blob struct {
 	desc ocispec.Descriptor

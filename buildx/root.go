@@ -18,6 +18,6 @@ func NewRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	cmd.AddCommand(newBuildCommand(), newTraceCommand(), newFrontendCommand())
+	cmd.AddCommand(newBuildCommand(), newTraceCommand(), newOptimizeCommand(), newVerifyCommand(), newFrontendCommand())
 	return cmd
 }

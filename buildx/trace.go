@@ -370,19 +370,8 @@ image is pulled lazily: tracing fetches only what the workload reads.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&o.Platform, "platform", "", "Platform of the image to trace (default: this machine's)")
-	fl.StringVar(&o.Entrypoint, "entrypoint", "", `Entrypoint of the workload, a JSON array (e.g. '["/bin/sh","-c"]') or one command`)
-	fl.StringVar(&o.Args, "args", "", `Arguments of the entrypoint, a JSON array (default: the image's cmd)`)
-	fl.StringArrayVar(&o.Env, "env", nil, "Environment variable KEY=VALUE set over the image's")
-	fl.StringVar(&o.User, "user", "", "User of the workload (default: the image's)")
-	fl.StringVar(&o.Cwd, "cwd", "", "Working directory of the workload (default: the image's)")
-	fl.StringArrayVar(&o.Mounts, "mount", nil, "Workload data: type=bind,src=DIR,dst=PATH[,ro]")
-	fl.DurationVar(&o.Period, "period", buildtrace.DefaultPeriod, "Stop the workload after this long (0: when it exits)")
-	fl.StringVar(&o.WaitOnLine, "wait-on-line", "", "Stop the workload when a line of its output contains TEXT")
-	fl.StringVar(&o.Tracer, "tracer", "ptrace", "Tracing mechanism: ptrace (unprivileged), fanotify or auto (need the security.insecure entitlement)")
-	fl.StringVar(&o.Network, "network", "none", "Network of the workload: none or host")
+	addWorkloadFlags(cmd, &o)
 	fl.StringVar(&o.RecordOut, "record-out", "", "Write the record to FILE (default: standard output)")
-	fl.StringVar(&o.Progress, "progress", "auto", `Set type of progress output ("auto", "plain", "tty", "rawjson", "quiet")`)
 	fl.BoolVar(&merge, "merge", false, "Merge the given records, keeping first-access rank, instead of tracing")
 	addDaemonFlags(cmd, &o.Daemon)
 	return cmd

@@ -299,7 +299,7 @@ func (e *instance) Export(ctx context.Context, src *bkexporter.Source, info bkex
 		providers = append(providers, remotes[0].Provider)
 	}
 
-	store := &fallbackStore{Store: cs, fallback: mprovider}
+	store := convert.WithFallback(cs, mprovider)
 	records, err := e.records(src)
 	if err != nil {
 		return nil, nil, nil, err
@@ -584,27 +584,4 @@ func platformManifests(ctx context.Context, p content.Provider, desc ocispec.Des
 		return nil
 	}
 	return out, walk(desc, nil)
-}
-
-// fallbackStore is the worker's content store, reading blobs it does not
-// hold (lazy base layers) from the build result's remote providers.
-type fallbackStore struct {
-	content.Store
-	fallback content.InfoReaderProvider
-}
-
-func (s *fallbackStore) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
-	ra, err := s.Store.ReaderAt(ctx, desc)
-	if err == nil {
-		return ra, nil
-	}
-	return s.fallback.ReaderAt(ctx, desc)
-}
-
-func (s *fallbackStore) Info(ctx context.Context, dgst digest.Digest) (content.Info, error) {
-	info, err := s.Store.Info(ctx, dgst)
-	if err == nil {
-		return info, nil
-	}
-	return s.fallback.Info(ctx, dgst)
 }

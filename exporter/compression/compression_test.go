@@ -338,7 +338,7 @@ func TestDetect(t *testing.T) {
 	e, _ := zstd.NewWriter(&zs)
 	e.Write(src)
 	e.Close()
-	for want, b := range map[Kind][]byte{Uncompressed: src, KindGzip: gz.Bytes(), KindZstd: zs.Bytes()} {
+	for want, b := range map[Kind][]byte{KindUncompressed: src, KindGzip: gz.Bytes(), KindZstd: zs.Bytes()} {
 		rc, kind, err := NewReader(bytes.NewReader(b))
 		if err != nil || kind != want {
 			t.Fatalf("NewReader: %s, %v; want %s", kind, err, want)

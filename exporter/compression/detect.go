@@ -15,9 +15,9 @@ type Kind string
 
 // Kinds Detect recognizes.
 const (
-	Uncompressed Kind = "uncompressed"
-	KindGzip     Kind = "gzip"
-	KindZstd     Kind = "zstd"
+	KindUncompressed Kind = "uncompressed"
+	KindGzip         Kind = "gzip"
+	KindZstd         Kind = "zstd"
 )
 
 var (
@@ -35,7 +35,7 @@ func Detect(b []byte) Kind {
 	case bytes.HasPrefix(b, zstdMagic):
 		return KindZstd
 	default:
-		return Uncompressed
+		return KindUncompressed
 	}
 }
 
@@ -67,7 +67,7 @@ func NewReader(r io.Reader) (io.ReadCloser, Kind, error) {
 		}
 		return zstdReadCloser{z}, kind, nil
 	default:
-		return io.NopCloser(br), Uncompressed, nil
+		return io.NopCloser(br), KindUncompressed, nil
 	}
 }
 

@@ -91,7 +91,7 @@ func stage(ctx context.Context, ra content.ReaderAt, desc ocispec.Descriptor, di
 	// estargz.Build sniffs its input for compression magic; a plain tar
 	// whose first name starts with those bytes would be misread.
 	var magic [4]byte
-	if n, _ := st.file.ReadAt(magic[:], 0); compression.Detect(magic[:n]) != compression.Uncompressed {
+	if n, _ := st.file.ReadAt(magic[:], 0); compression.Detect(magic[:n]) != compression.KindUncompressed {
 		return nil, fmt.Errorf("layer %s: first tar entry name starts with compression magic bytes: %w", desc.Digest, ErrUnsupportedLayer)
 	}
 	return st, nil
