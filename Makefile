@@ -7,7 +7,7 @@ PKGS      := ./...
 TEST_FLAGS ?= -count=1 -timeout 30m
 APT_PKGS  := runc fuse3 busybox-static containerd debootstrap iproute2
 
-.PHONY: all build deps example test bench clean
+.PHONY: all build deps example test bench bench-images clean
 
 all: build
 
@@ -35,8 +35,22 @@ test: deps
 	$(GO) vet $(PKGS)
 	$(GO) test $(TEST_FLAGS) $(PKGS)
 
-bench: deps build
-	$(GO) run ./bench
+BENCH_ROOTFS ?= /var/cache/stargazer-bench/rootfs
+
+# bench-images makes the Debian root filesystem the benchmarks use (once).
+bench-images: deps
+	@if [ ! -d $(BENCH_ROOTFS)/usr ]; then \
+		mkdir -p $(dir $(BENCH_ROOTFS)) && \
+		debootstrap --variant=minbase bookworm $(BENCH_ROOTFS) http://deb.debian.org/debian && \
+		rm -rf $(BENCH_ROOTFS)/var/cache/apt/archives/*.deb $(BENCH_ROOTFS)/var/lib/apt/lists/* $(BENCH_ROOTFS)/dev/*; \
+	fi
+
+# bench prints the benchmark tables: cold builds (worker), exports
+# (exporter), conversion per core (exporter/convert) and tracing (tracer).
+bench: deps bench-images
+	STARGAZER_BENCH_ROOTFS=$(BENCH_ROOTFS) $(GO) test -run '^$$' -bench . -benchtime 3x ./worker/ ./exporter/
+	$(GO) test -run '^$$' -bench . -benchtime 3x -cpu 1,2 ./exporter/convert/
+	$(GO) test -run '^$$' -bench Open -benchtime 10x ./tracer/
 
 clean:
 	rm -rf $(BIN) hello.tar examples/hello/rootfs
