@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stargazer-build/stargazer/exporter/verify"
 	"github.com/stargazer-build/stargazer/testutil"
 )
 
@@ -58,6 +59,9 @@ func TestEmbeddedBuildToOCITarImports(t *testing.T) {
 	layout := testutil.ReadOCILayoutTar(t, dest)
 	if n := len(layout.Index.Manifests); n != 1 {
 		t.Fatalf("index lists %d manifests, want 1", n)
+	}
+	if _, err := verify.Image(t.Context(), layout.Provider(), layout.Index.Manifests[0], verify.WithAllowNonLazy()); err != nil {
+		t.Fatalf("verify: %v", err)
 	}
 
 	ctd := testutil.StartContainerd(t)

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -43,21 +42,6 @@ func build(t *testing.T, d *testutil.Daemon, ctxDir string, outputs ...string) (
 	return resp, progress.String(), err
 }
 
-// imageProvider reads an image's blobs from its fixture copy.
-type imageProvider struct{ img testutil.Image }
-
-func (p imageProvider) ReaderAt(_ context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
-	b := p.img.Blob(desc.Digest)
-	if b == nil {
-		return nil, os.ErrNotExist
-	}
-	return readerAt{bytes.NewReader(b)}, nil
-}
-
-type readerAt struct{ *bytes.Reader }
-
-func (readerAt) Close() error { return nil }
-
 func TestOptimizedPushPrefetchesWhatTheWorkloadReads(t *testing.T) {
 	testutil.RequireIntegration(t)
 	reg := testutil.NewRegistry(t)
@@ -74,7 +58,7 @@ func TestOptimizedPushPrefetchesWhatTheWorkloadReads(t *testing.T) {
 
 	// The image verifies, and its layers prioritize exactly the reads.
 	want := map[int][]string{0: {"bin/busybox"}, 2: {"data/small.txt"}, 3: {"app/run.sh"}, 4: {"app/conf.txt"}}
-	rep, err := verify.Image(t.Context(), imageProvider{img}, img.Manifest,
+	rep, err := verify.Image(t.Context(), img.Provider(), img.Manifest,
 		verify.WithPrioritizedFiles(func(_ ocispec.Platform, i int) []string { return want[i] }))
 	if err != nil {
 		var buf bytes.Buffer
@@ -164,7 +148,7 @@ func TestOptimizedKeepsEStargzBaseAndRunsEverywhere(t *testing.T) {
 			t.Errorf("base layer %d: digest %s, want the base's %s", i, img.Layers[i].Digest, l.Digest)
 		}
 	}
-	if _, err := verify.Image(t.Context(), imageProvider{img}, img.Manifest); err != nil {
+	if _, err := verify.Image(t.Context(), img.Provider(), img.Manifest); err != nil {
 		t.Fatalf("verify: %v", err)
 	}
 
@@ -185,12 +169,21 @@ func TestOptimizedKeepsEStargzBaseAndRunsEverywhere(t *testing.T) {
 		t.Fatalf("oci export: %v\n%s", err, progress)
 	}
 	layout := testutil.ReadOCILayoutTar(t, tarPath)
-	if _, err := verify.Image(t.Context(), layoutProvider{layout}, layout.Index.Manifests[0]); err != nil {
+	if _, err := verify.Image(t.Context(), layout.Provider(), layout.Index.Manifests[0]); err != nil {
 		t.Fatalf("verify OCI tar: %v", err)
 	}
 	ctd := testutil.StartContainerd(t)
 	if out, err := ctd.Ctr(t.Context(), "image", "import", tarPath); err != nil {
 		t.Fatalf("ctr import: %v\n%s", err, out)
+	}
+
+	// And a docker tar, with Docker media types.
+	dockerTar := filepath.Join(t.TempDir(), "app-docker.tar")
+	if _, progress, err := build(t, d, appContext(t, base.Ref), "type=docker,dest="+dockerTar+",name=example.test/app:docker,optimize=true,oci-mediatypes=false"); err != nil {
+		t.Fatalf("docker export: %v\n%s", err, progress)
+	}
+	if out, err := ctd.Ctr(t.Context(), "image", "import", dockerTar); err != nil {
+		t.Fatalf("ctr import of the docker tar: %v\n%s", err, out)
 	}
 }
 
@@ -217,14 +210,4 @@ func TestOptimizeBadInput(t *testing.T) {
 	if !strings.Contains(progress.String(), "1 recorded paths are not files") {
 		t.Fatalf("no warning about the missing path:\n%s", progress.String())
 	}
-}
-
-type layoutProvider struct{ l *testutil.OCILayout }
-
-func (p layoutProvider) ReaderAt(_ context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
-	b, ok := p.l.Blobs[desc.Digest]
-	if !ok {
-		return nil, os.ErrNotExist
-	}
-	return readerAt{bytes.NewReader(b)}, nil
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/stargazer-build/stargazer/buildx"
+	"github.com/stargazer-build/stargazer/exporter/verify"
 	"github.com/stargazer-build/stargazer/testutil"
 )
 
@@ -130,6 +131,9 @@ func TestPushThenPullByDigest(t *testing.T) {
 	pulled := testutil.FetchImage(t, reg.Ref("pushed")+"@"+dgst)
 	if pulled.Manifest.Digest.String() != dgst {
 		t.Fatalf("pulled manifest %s, want %s", pulled.Manifest.Digest, dgst)
+	}
+	if _, err := verify.Image(t.Context(), pulled.Provider(), pulled.Manifest, verify.WithAllowNonLazy()); err != nil {
+		t.Fatalf("verify: %v", err)
 	}
 	got := runAndCollect(t, d, reg.Ref("pushed")+"@"+dgst, "cp /built.txt /out/copy.txt", "copy.txt")
 	if want := "built-content\n" + testutil.SmallText; got != want {
