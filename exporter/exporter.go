@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images/archive"
@@ -57,6 +58,11 @@ const (
 	// AttrReoptimizeBase ("true") converts base layers that are already
 	// eStargz or zstd:chunked too, giving up their laziness and sharing.
 	AttrReoptimizeBase = "reoptimize-base"
+	// AttrTrace ("false") stops the exporter from tracing the image itself
+	// when neither the build result nor AttrRecord gives a record.
+	AttrTrace = "optimize-trace"
+	// AttrTracePeriod is how long that trace runs (default 10s).
+	AttrTracePeriod = "optimize-trace-period"
 )
 
 // Compressions the optimizing exporter writes (attribute "compression").
@@ -95,6 +101,9 @@ type settings struct {
 	oci        bool
 	record     []tracer.Entry
 
+	selfTrace   bool
+	tracePeriod time.Duration
+
 	name         string
 	push         bool
 	pushByDigest bool
@@ -125,7 +134,7 @@ func (o *optimizer) Resolve(ctx context.Context, id int, attrs map[string]string
 }
 
 func parseSettings(typ string, attrs map[string]string) (*settings, error) {
-	s := &settings{format: convert.EStargz, oci: true, commit: map[string]string{}}
+	s := &settings{format: convert.EStargz, oci: true, selfTrace: true, commit: map[string]string{}}
 	for k, v := range attrs {
 		switch k {
 		case AttrOptimize:
@@ -150,6 +159,18 @@ func parseSettings(typ string, attrs map[string]string) (*settings, error) {
 				return nil, fmt.Errorf("%s=%q: want true or false", k, v)
 			}
 			s.reoptimize = s.reoptimize || b
+		case AttrTrace:
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return nil, fmt.Errorf("%s=%q: want true or false", k, v)
+			}
+			s.selfTrace = b
+		case AttrTracePeriod:
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				return nil, fmt.Errorf("%s=%q: want a positive duration such as 10s", k, v)
+			}
+			s.tracePeriod = d
 		case AttrRecord:
 			entries, err := tracer.ReadRecord(strings.NewReader(v))
 			if err != nil {
@@ -303,6 +324,11 @@ func (e *instance) Export(ctx context.Context, src *bkexporter.Source, info bkex
 	records, err := e.records(src)
 	if err != nil {
 		return nil, nil, nil, err
+	}
+	if len(records) == 0 && e.s.selfTrace {
+		if records, err = e.selfTrace(ctx, src, info.SessionID); err != nil {
+			return nil, nil, nil, err
+		}
 	}
 	prioritized, err := e.attribute(ctx, store, *committed, records)
 	if err != nil {

@@ -211,3 +211,30 @@ func TestOptimizeBadInput(t *testing.T) {
 		t.Fatalf("no warning about the missing path:\n%s", progress.String())
 	}
 }
+
+func TestExporterTracesWhenNoRecord(t *testing.T) {
+	testutil.RequireIntegration(t)
+	reg := testutil.NewRegistry(t)
+	base := testutil.PushBase(t, reg, testutil.Gzip)
+	// BuildKit's own Dockerfile frontend: the result carries no record.
+	d := testutil.StartDaemon(t, testutil.WithPlainHTTPRegistry(reg.Host()))
+	tarPath := filepath.Join(t.TempDir(), "app.tar")
+	_, progress, err := build(t, d, appContext(t, base.Ref), "type=oci,dest="+tarPath+",optimize=true")
+	if err != nil {
+		t.Fatalf("build: %v\n%s", err, progress)
+	}
+	if !strings.Contains(progress, "[stargazer] trace /app/run.sh") {
+		t.Fatalf("the exporter did not trace:\n%s", progress)
+	}
+	layout := testutil.ReadOCILayoutTar(t, tarPath)
+	want := map[int][]string{0: {"bin/busybox"}, 1: {"data/small.txt"}, 2: {"app/run.sh"}, 3: {"app/conf.txt"}}
+	rep, err := verify.Image(t.Context(), layout.Provider(), layout.Index.Manifests[0],
+		verify.WithPrioritizedFiles(func(_ ocispec.Platform, i int) []string { return want[i] }))
+	if err != nil {
+		var buf bytes.Buffer
+		if rep != nil {
+			rep.WriteTable(&buf)
+		}
+		t.Fatalf("verify: %v\n%s", err, buf.String())
+	}
+}
