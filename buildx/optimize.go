@@ -31,6 +31,7 @@ type OptimizeOptions struct {
 	ZstdChunked    bool
 	OCI            bool
 	Level          int
+	ChunkSize      int
 	ReoptimizeBase bool
 	Trace          TraceOptions
 	Stderr         io.Writer
@@ -132,6 +133,9 @@ func Optimize(ctx context.Context, o OptimizeOptions) (ocispec.Descriptor, error
 	if o.Level > 0 {
 		opts = append(opts, convert.WithCompressionLevel(o.Level))
 	}
+	if o.ChunkSize > 0 {
+		opts = append(opts, convert.WithChunkSize(o.ChunkSize))
+	}
 	cs := convert.WithFallback(store, src.Provider)
 	desc, rep, err := convert.Image(ctx, cs, src.Manifest, opts...)
 	if err != nil {
@@ -224,6 +228,10 @@ oci-archive:PATH). No containerd is needed.`,
 	fl.BoolVar(&o.ZstdChunked, "zstdchunked", false, "Write zstd:chunked instead of eStargz")
 	fl.BoolVar(&o.OCI, "oci", true, "Write OCI media types (zstd:chunked needs them)")
 	fl.IntVar(&o.Level, "compression-level", 0, "Compression level (default: gzip 6, zstd 3)")
+	fl.IntVar(&o.ChunkSize, "estargz-chunk-size", 0, "Largest piece of a file stored as one chunk, in bytes (default 4 MiB)")
+	// ctr-remote's name for --compression-level.
+	fl.IntVar(&o.Level, "estargz-compression-level", 0, "Same as --compression-level")
+	fl.Lookup("estargz-compression-level").Hidden = true
 	fl.BoolVar(&o.ReoptimizeBase, "reoptimize-base", false, "Convert layers that are already eStargz or zstd:chunked too")
 	addWorkloadFlags(cmd, &o.Trace)
 	addDaemonFlags(cmd, &o.Trace.Daemon)

@@ -212,6 +212,40 @@ func TestOptimizeBadInput(t *testing.T) {
 	}
 }
 
+func TestOptimizedZstdChunked(t *testing.T) {
+	testutil.RequireIntegration(t)
+	reg := testutil.NewRegistry(t)
+	base := testutil.PushBase(t, reg, testutil.Gzip)
+	d := testutil.StartDaemon(t, testutil.WithPlainHTTPRegistry(reg.Host()), testutil.WithDaemonArgs("--dockerfile-frontend", "stargazer"))
+	ref := reg.Ref("app:zstd")
+	resp, progress, err := build(t, d, appContext(t, base.Ref), "type=image,name="+ref+",push=true,optimize=true,compression=zstd:chunked")
+	if err != nil {
+		t.Fatalf("build: %v\n%s", err, progress)
+	}
+	img := testutil.FetchImage(t, reg.Ref("app")+"@"+resp["containerimage.digest"])
+	want := map[int][]string{0: {"bin/busybox"}, 1: {"data/small.txt"}, 2: {"app/run.sh"}, 3: {"app/conf.txt"}}
+	rep, err := verify.Image(t.Context(), img.Provider(), img.Manifest,
+		verify.WithPrioritizedFiles(func(_ ocispec.Platform, i int) []string { return want[i] }))
+	if err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+	for _, l := range rep.Manifests[0].Layers {
+		if l.Format != verify.ZstdChunked {
+			t.Errorf("layer %d: format %s, want zstd:chunked", l.Index, l.Format)
+		}
+	}
+	// The stargz worker runs it lazily.
+	d2 := testutil.StartDaemon(t, testutil.WithPlainHTTPRegistry(reg.Host()))
+	run := testutil.BuildContext(t, map[string]string{"Dockerfile": "FROM " + ref + " AS run\nRUN /app/run.sh > /out.txt\nFROM scratch\nCOPY --from=run /out.txt /\n"})
+	out := t.TempDir()
+	if _, progress, err := build(t, d2, run, "type=local,dest="+out); err != nil {
+		t.Fatalf("run: %v\n%s", err, progress)
+	}
+	if m := testutil.FUSEMountsUnder(d2.Root); len(m) == 0 {
+		t.Fatal("zstd:chunked layers were not mounted lazily")
+	}
+}
+
 func TestExporterTracesWhenNoRecord(t *testing.T) {
 	testutil.RequireIntegration(t)
 	reg := testutil.NewRegistry(t)

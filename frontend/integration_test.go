@@ -9,7 +9,10 @@ import (
 	"testing"
 	"time"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
 	"github.com/stargazer-build/stargazer/buildx"
+	"github.com/stargazer-build/stargazer/exporter/verify"
 	"github.com/stargazer-build/stargazer/frontend"
 	"github.com/stargazer-build/stargazer/testutil"
 	"github.com/stargazer-build/stargazer/tracer"
@@ -34,19 +37,40 @@ type buildResult struct {
 	progress string
 }
 
+// build builds files on d with build args into an OCI tar, or into the
+// outputs given as args that start with "type=".
 func build(t *testing.T, d *testutil.Daemon, files map[string]string, args ...string) (buildResult, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
+	var buildArgs, outputs []string
+	for _, a := range args {
+		if strings.HasPrefix(a, "type=") {
+			outputs = append(outputs, a)
+		} else {
+			buildArgs = append(buildArgs, a)
+		}
+	}
+	dest := t.TempDir() + "/out.tar"
+	if len(outputs) == 0 {
+		outputs = []string{"type=oci,dest=" + dest}
+	}
 	var progress bytes.Buffer
 	resp, err := buildx.Build(ctx, buildx.BuildOptions{
 		ContextDir: testutil.BuildContext(t, files),
-		BuildArgs:  args,
-		Outputs:    []string{"type=oci,dest=" + t.TempDir() + "/out.tar"},
+		BuildArgs:  buildArgs,
+		Outputs:    outputs,
 		Progress:   "plain",
 		Stderr:     &progress,
 		Daemon:     buildx.DaemonOptions{Addr: d.Addr},
 	})
+	if err == nil && strings.HasPrefix(outputs[0], "type=oci,dest="+dest) {
+		// Every image a test produces passes the invariant checker.
+		layout := testutil.ReadOCILayoutTar(t, dest)
+		if _, verr := verify.Image(ctx, layout.Provider(), layout.Index.Manifests[0], verify.WithAllowNonLazy()); verr != nil {
+			t.Errorf("verify: %v", verr)
+		}
+	}
 	return buildResult{resp: resp, progress: progress.String()}, err
 }
 
@@ -89,16 +113,23 @@ var wantReads = []string{"app/run.sh", "bin/busybox", "data/small.txt"}
 func TestSyntaxFrontendOnStargazerd(t *testing.T) {
 	testutil.RequireIntegration(t)
 	reg := testutil.NewRegistry(t)
-	base := testutil.PushBase(t, reg, testutil.EStargz)
+	base := testutil.PushBase(t, reg, testutil.Gzip)
 	fe := pushFrontend(t, reg)
 	d := testutil.StartDaemon(t, testutil.WithPlainHTTPRegistry(reg.Host()))
 
-	res, err := build(t, d, appFiles(base.Ref, fe))
+	res, err := build(t, d, appFiles(base.Ref, fe), "type=image,name="+reg.Ref("app:opt")+",push=true,optimize=true")
 	if err != nil {
 		t.Fatalf("build: %v\n%s", err, res.progress)
 	}
 	if got := recordPaths(t, res.resp); !slices.Equal(got, wantReads) {
 		t.Fatalf("record %v, want %v", got, wantReads)
+	}
+	// The exported image prioritizes exactly those reads, layer by layer.
+	img := testutil.FetchImage(t, reg.Ref("app")+"@"+res.resp["containerimage.digest"])
+	want := map[int][]string{0: {"bin/busybox"}, 1: {"data/small.txt"}, 2: {"app/run.sh"}}
+	if _, err := verify.Image(t.Context(), img.Provider(), img.Manifest,
+		verify.WithPrioritizedFiles(func(_ ocispec.Platform, i int) []string { return want[i] })); err != nil {
+		t.Fatalf("verify: %v", err)
 	}
 	if n := strings.Count(res.progress, "[stargazer] trace"); n == 0 {
 		t.Fatalf("no trace step in the progress:\n%s", res.progress)
@@ -168,8 +199,6 @@ func TestTargetAndWorkloadOutcomes(t *testing.T) {
 	if got := recordPaths(t, res.resp); !slices.Equal(got, []string{"bin/busybox", "data/dir/nested.txt"}) {
 		t.Fatalf("last stage: record %v", got)
 	}
-	ctx := t.Context()
-	_ = ctx
 	var progress bytes.Buffer
 	resp, err := buildx.Build(t.Context(), buildx.BuildOptions{
 		ContextDir: testutil.BuildContext(t, multi), Target: "app", Progress: "plain", Stderr: &progress,
