@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -42,6 +43,22 @@ func build(t *testing.T, d *testutil.Daemon, ctxDir string, outputs ...string) (
 	return resp, progress.String(), err
 }
 
+// verifyPrioritized runs the invariant checker on an image whose layer i
+// must prioritize want[i], in that order.
+func verifyPrioritized(t *testing.T, p content.Provider, desc ocispec.Descriptor, want map[int][]string) *verify.Report {
+	t.Helper()
+	rep, err := verify.Image(t.Context(), p, desc,
+		verify.WithPrioritizedFiles(func(_ ocispec.Platform, i int) []string { return want[i] }))
+	if err != nil {
+		var buf bytes.Buffer
+		if rep != nil {
+			rep.WriteTable(&buf)
+		}
+		t.Fatalf("verify: %v\n%s", err, buf.String())
+	}
+	return rep
+}
+
 func TestOptimizedPushPrefetchesWhatTheWorkloadReads(t *testing.T) {
 	testutil.RequireIntegration(t)
 	reg := testutil.NewRegistry(t)
@@ -58,15 +75,7 @@ func TestOptimizedPushPrefetchesWhatTheWorkloadReads(t *testing.T) {
 
 	// The image verifies, and its layers prioritize exactly the reads.
 	want := map[int][]string{0: {"bin/busybox"}, 2: {"data/small.txt"}, 3: {"app/run.sh"}, 4: {"app/conf.txt"}}
-	rep, err := verify.Image(t.Context(), img.Provider(), img.Manifest,
-		verify.WithPrioritizedFiles(func(_ ocispec.Platform, i int) []string { return want[i] }))
-	if err != nil {
-		var buf bytes.Buffer
-		if rep != nil {
-			rep.WriteTable(&buf)
-		}
-		t.Fatalf("verify: %v\n%s", err, buf.String())
-	}
+	rep := verifyPrioritized(t, img.Provider(), img.Manifest, want)
 
 	// A cold daemon with prefetch on runs the workload: after the
 	// prefetch nothing is fetched on demand.
@@ -224,11 +233,7 @@ func TestOptimizedZstdChunked(t *testing.T) {
 	}
 	img := testutil.FetchImage(t, reg.Ref("app")+"@"+resp["containerimage.digest"])
 	want := map[int][]string{0: {"bin/busybox"}, 1: {"data/small.txt"}, 2: {"app/run.sh"}, 3: {"app/conf.txt"}}
-	rep, err := verify.Image(t.Context(), img.Provider(), img.Manifest,
-		verify.WithPrioritizedFiles(func(_ ocispec.Platform, i int) []string { return want[i] }))
-	if err != nil {
-		t.Fatalf("verify: %v", err)
-	}
+	rep := verifyPrioritized(t, img.Provider(), img.Manifest, want)
 	for _, l := range rep.Manifests[0].Layers {
 		if l.Format != verify.ZstdChunked {
 			t.Errorf("layer %d: format %s, want zstd:chunked", l.Index, l.Format)
@@ -262,13 +267,5 @@ func TestExporterTracesWhenNoRecord(t *testing.T) {
 	}
 	layout := testutil.ReadOCILayoutTar(t, tarPath)
 	want := map[int][]string{0: {"bin/busybox"}, 1: {"data/small.txt"}, 2: {"app/run.sh"}, 3: {"app/conf.txt"}}
-	rep, err := verify.Image(t.Context(), layout.Provider(), layout.Index.Manifests[0],
-		verify.WithPrioritizedFiles(func(_ ocispec.Platform, i int) []string { return want[i] }))
-	if err != nil {
-		var buf bytes.Buffer
-		if rep != nil {
-			rep.WriteTable(&buf)
-		}
-		t.Fatalf("verify: %v\n%s", err, buf.String())
-	}
+	verifyPrioritized(t, layout.Provider(), layout.Index.Manifests[0], want)
 }

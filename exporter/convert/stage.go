@@ -16,6 +16,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/stargazer-build/stargazer/exporter/compression"
+	"github.com/stargazer-build/stargazer/exporter/internal/tarname"
 )
 
 // staged is a source layer decompressed into a temporary plain tar, with
@@ -64,7 +65,7 @@ func stage(ctx context.Context, ra content.ReaderAt, desc ocispec.Descriptor, di
 	}()
 
 	verifier := desc.Digest.Verifier()
-	src := bufio.NewReaderSize(&ctxReader{ctx: ctx, r: io.TeeReader(io.NewSectionReader(ra, 0, desc.Size), verifier)}, 1<<20)
+	src := bufio.NewReaderSize(tarname.ContextReader(ctx, io.TeeReader(io.NewSectionReader(ra, 0, desc.Size), verifier)), 1<<20)
 	readErr := st.fill(src)
 	// Hash whatever the decompressor left (trailing data, or everything
 	// after a decode error) so a corrupt blob is reported as such rather
@@ -151,13 +152,13 @@ func (s *staged) add(h *tar.Header) error {
 		if escapes(h.Linkname) {
 			return fmt.Errorf("tar entry %q links to %q: %w", h.Name, h.Linkname, ErrPathEscapes)
 		}
-		info.linkname = cleanName(h.Linkname)
+		info.linkname = tarname.Clean(h.Linkname)
 	default:
 		// eStargz has no representation for other types (sparse files,
 		// global PAX headers, ...).
 		return fmt.Errorf("tar entry %q has type %q: %w", h.Name, h.Typeflag, ErrUnsupportedLayer)
 	}
-	name := cleanName(h.Name)
+	name := tarname.Clean(h.Name)
 	switch name {
 	case estargz.PrefetchLandmark, estargz.NoPrefetchLandmark, estargz.TOCTarName:
 		// Left over from an earlier eStargz encoding; estargz drops these.
@@ -197,7 +198,7 @@ func (s *staged) checkLinks() error {
 func (s *staged) placeable(prioritized []string) (list, missing []string) {
 	seen := make(map[string]bool)
 	for _, p := range prioritized {
-		name := cleanName(p)
+		name := tarname.Clean(p)
 		if seen[name] || name == "" {
 			continue
 		}
@@ -220,23 +221,9 @@ func (s *staged) resolvable(name string) bool {
 		if e.typeflag == tar.TypeLink && !s.resolvable(e.linkname) {
 			return false // checkLinks guarantees this terminates
 		}
-		name = parentName(name)
+		name = tarname.Parent(name)
 	}
 	return true
-}
-
-// cleanName is the form estargz gives entry names: relative to the root,
-// cleaned, no leading or trailing slash.
-func cleanName(name string) string {
-	return strings.TrimPrefix(path.Clean("/"+name), "/")
-}
-
-func parentName(name string) string {
-	dir := path.Dir(name)
-	if dir == "." {
-		return ""
-	}
-	return dir
 }
 
 // escapes reports whether name climbs above the root when its components
@@ -257,17 +244,4 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
-}
-
-// ctxReader stops a long read when the context is done.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c *ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +21,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/stargazer-build/stargazer/exporter/compression"
+	"github.com/stargazer-build/stargazer/exporter/internal/tarname"
 )
 
 // checkLayer checks one layer and returns its report and the joined
@@ -103,7 +103,7 @@ func readAll(ctx context.Context, sr *io.SectionReader, want digest.Digest) (com
 		return "", 0, "", fmt.Errorf("descriptor digest: %w", err)
 	}
 	verifier := want.Verifier()
-	br := bufio.NewReaderSize(io.TeeReader(&ctxReader{ctx: ctx, r: io.NewSectionReader(sr, 0, sr.Size())}, verifier), 1<<20)
+	br := bufio.NewReaderSize(io.TeeReader(tarname.ContextReader(ctx, io.NewSectionReader(sr, 0, sr.Size())), verifier), 1<<20)
 	dec, kind, err := compression.NewReader(br)
 	if err != nil {
 		return "", 0, "", err
@@ -294,7 +294,7 @@ func checkChunks(ctx context.Context, sr *io.SectionReader, r *estargz.Reader, t
 		if e.Type != "reg" || e.Size == 0 {
 			continue
 		}
-		name := cleanName(e.Name)
+		name := tarname.Clean(e.Name)
 		if done[name] {
 			continue
 		}
@@ -378,7 +378,7 @@ func indexTOC(toc *estargz.JTOC) (*tocIndex, error) {
 		if e.Type == "chunk" {
 			continue
 		}
-		name := cleanName(e.Name)
+		name := tarname.Clean(e.Name)
 		switch name {
 		case estargz.PrefetchLandmark, estargz.NoPrefetchLandmark:
 			if ix.landmark >= 0 {
@@ -390,7 +390,7 @@ func indexTOC(toc *estargz.JTOC) (*tocIndex, error) {
 		ix.types[name] = e.Type
 		ix.offsets[name] = e.Offset
 		if e.Type == "hardlink" {
-			ix.links[name] = cleanName(e.LinkName)
+			ix.links[name] = tarname.Clean(e.LinkName)
 		}
 	}
 	for name := range ix.links {
@@ -462,7 +462,7 @@ func (ix *tocIndex) expectedOrder(prioritized []string) []string {
 			return
 		}
 		if name != "" {
-			place(parentName(name))
+			place(tarname.Parent(name))
 			if t, ok := ix.links[name]; ok {
 				place(t)
 			}
@@ -473,7 +473,7 @@ func (ix *tocIndex) expectedOrder(prioritized []string) []string {
 		}
 	}
 	for _, p := range prioritized {
-		name := cleanName(p)
+		name := tarname.Clean(p)
 		if name == "" || !ix.resolvable(name) {
 			continue
 		}
@@ -483,7 +483,7 @@ func (ix *tocIndex) expectedOrder(prioritized []string) []string {
 }
 
 func (ix *tocIndex) resolvable(name string) bool {
-	for ; name != ""; name = parentName(name) {
+	for ; name != ""; name = tarname.Parent(name) {
 		t, ok := ix.types[name]
 		if !ok || name == estargz.PrefetchLandmark || name == estargz.NoPrefetchLandmark {
 			return false
@@ -493,28 +493,4 @@ func (ix *tocIndex) resolvable(name string) bool {
 		}
 	}
 	return true
-}
-
-func cleanName(name string) string {
-	return strings.TrimPrefix(path.Clean("/"+name), "/")
-}
-
-func parentName(name string) string {
-	dir := path.Dir(name)
-	if dir == "." {
-		return ""
-	}
-	return dir
-}
-
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c *ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
