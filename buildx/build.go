@@ -3,6 +3,7 @@ package buildx
 import (
 	"bytes"
 	"context"
+	"encoding/csv"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,6 +38,9 @@ type BuildOptions struct {
 	NoCache      bool
 	Progress     string
 	MetadataFile string
+	// Attests are buildx --attest values: type=provenance,mode=min or
+	// type=sbom.
+	Attests []string
 	// RecordIn is a record file the optimizing exporter prioritizes by
 	// when the build result carries none.
 	RecordIn string
@@ -136,6 +140,13 @@ func (o BuildOptions) solveOpt() (client.SolveOpt, error) {
 	if o.NoCache {
 		so.FrontendAttrs["no-cache"] = ""
 	}
+	for _, a := range o.Attests {
+		typ, attrs, err := parseAttest(a)
+		if err != nil {
+			return so, err
+		}
+		so.FrontendAttrs["attest:"+typ] = attrs
+	}
 	for _, out := range o.Outputs {
 		e, err := ParseOutput(out)
 		if err != nil {
@@ -158,6 +169,31 @@ func (o BuildOptions) solveOpt() (client.SolveOpt, error) {
 		AuthConfigProvider: authprovider.LoadAuthConfig(dockerConfig),
 	})}
 	return so, nil
+}
+
+// parseAttest splits a buildx --attest value into the attestation type and
+// the attributes BuildKit's frontend takes for it.
+func parseAttest(s string) (string, string, error) {
+	fields, err := csv.NewReader(strings.NewReader(s)).Read()
+	if err != nil {
+		return "", "", fmt.Errorf("invalid --attest %q: %w", s, err)
+	}
+	var typ string
+	var rest []string
+	for _, f := range fields {
+		k, v, _ := strings.Cut(f, "=")
+		if k == "type" {
+			typ = v
+			continue
+		}
+		rest = append(rest, f)
+	}
+	switch typ {
+	case "provenance", "sbom":
+	default:
+		return "", "", fmt.Errorf("invalid --attest %q: type must be provenance or sbom", s)
+	}
+	return typ, strings.Join(rest, ","), nil
 }
 
 // attachRecord passes a record file to every image, oci and docker output.
@@ -325,6 +361,7 @@ base images lazily. Without --addr the daemon runs inside this process.`,
 	fl.BoolVar(&o.NoCache, "no-cache", false, "Do not use cache when building the image")
 	fl.StringVar(&o.Progress, "progress", "auto", `Set type of progress output ("auto", "plain", "tty", "rawjson", "quiet")`)
 	fl.StringVar(&o.MetadataFile, "metadata-file", "", "Write build result metadata to a file")
+	fl.StringArrayVar(&o.Attests, "attest", nil, `Attestation parameters (format: "type=provenance,mode=min")`)
 	fl.StringVar(&o.RecordIn, "record-in", "", "Optimize image outputs by this record (JSON lines) when the build result carries none")
 	addDaemonFlags(cmd, &o.Daemon)
 	return cmd

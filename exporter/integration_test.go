@@ -3,6 +3,7 @@ package exporter_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
@@ -248,6 +249,56 @@ func TestOptimizedZstdChunked(t *testing.T) {
 	}
 	if m := testutil.FUSEMountsUnder(d2.Root); len(m) == 0 {
 		t.Fatal("zstd:chunked layers were not mounted lazily")
+	}
+}
+
+func TestOptimizedRewritesAttestations(t *testing.T) {
+	testutil.RequireIntegration(t)
+	reg := testutil.NewRegistry(t)
+	base := testutil.PushBase(t, reg, testutil.Gzip)
+	d := testutil.StartDaemon(t, testutil.WithPlainHTTPRegistry(reg.Host()), testutil.WithDaemonArgs("--dockerfile-frontend", "stargazer"))
+	tarPath := filepath.Join(t.TempDir(), "app.tar")
+	var progress bytes.Buffer
+	_, err := buildx.Build(t.Context(), buildx.BuildOptions{
+		ContextDir: appContext(t, base.Ref), Outputs: []string{"type=oci,dest=" + tarPath + ",name=example.test/app:att,optimize=true"},
+		Attests: []string{"type=provenance,mode=min"}, Progress: "plain", Stderr: &progress,
+		Daemon: buildx.DaemonOptions{Addr: d.Addr},
+	})
+	if err != nil {
+		t.Fatalf("build: %v\n%s", err, progress.String())
+	}
+	layout := testutil.ReadOCILayoutTar(t, tarPath)
+	rep, err := verify.Image(t.Context(), layout.Provider(), layout.Index.Manifests[0])
+	if err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+	if len(rep.Attestations) == 0 {
+		t.Fatal("the provenance attestation is missing from the optimized image")
+	}
+	// A named image's statements name it: after conversion, by its new
+	// manifest digest.
+	var idx ocispec.Index
+	json.Unmarshal(layout.Blobs[layout.Index.Manifests[0].Digest], &idx)
+	manifest := idx.Manifests[0].Digest
+	named := false
+	for _, b := range layout.Blobs {
+		var st struct {
+			Type    string `json:"_type"`
+			Subject []struct {
+				Digest map[string]string `json:"digest"`
+			} `json:"subject"`
+		}
+		if json.Unmarshal(b, &st) != nil || !strings.Contains(st.Type, "in-toto") {
+			continue
+		}
+		for _, sub := range st.Subject {
+			if sub.Digest["sha256"] == manifest.Encoded() {
+				named = true
+			}
+		}
+	}
+	if !named {
+		t.Fatalf("no in-toto statement names the optimized manifest %s", manifest)
 	}
 }
 
