@@ -3,6 +3,7 @@ package buildx_test
 import (
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -200,5 +201,59 @@ func TestTraceMerge(t *testing.T) {
 	}
 	if want := []string{"x", "w", "y", "z"}; !slices.Equal(paths, want) {
 		t.Fatalf("merged %v, want %v", paths, want)
+	}
+}
+
+// hostFile is a file of the host copied into a fixture.
+func hostFile(t *testing.T, path string) testutil.File {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Skipf("requirement missing: %s: %v", path, err)
+	}
+	st, _ := os.Stat(path)
+	return testutil.File{Data: b, Mode: st.Mode().Perm()}
+}
+
+// TestTraceDynamicProgram traces a dynamically linked program copied from
+// the host with its loader and libc, laid out as Debian does (usr-merged,
+// /lib64/ld-linux… through symlinks): the loader and libc the kernel and
+// the loader open are recorded, the symlinks resolved to their targets.
+func TestTraceDynamicProgram(t *testing.T) {
+	testutil.RequireIntegration(t)
+	if runtime.GOARCH != "amd64" {
+		t.Skip("the fixture lays out x86_64 libraries")
+	}
+	const (
+		loader = "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+		libc   = "usr/lib/x86_64-linux-gnu/libc.so.6"
+	)
+	files := map[string]testutil.File{
+		"usr/bin/cat":                    hostFile(t, "/usr/bin/cat"),
+		loader:                           hostFile(t, "/"+loader),
+		libc:                             hostFile(t, "/"+libc),
+		"lib":                            {Symlink: "usr/lib"},
+		"lib64":                          {Symlink: "usr/lib64"},
+		"usr/lib64/ld-linux-x86-64.so.2": {Symlink: "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"},
+		"data/file.txt":                  {Data: []byte("dynamic\n")},
+		"data/untouched.txt":             {Data: []byte("never\n")},
+	}
+	img := testutil.BuildImage(t, testutil.FixtureSpec{
+		Layers: []testutil.Layer{testutil.FileLayer(files)},
+		Config: ocispec.ImageConfig{Entrypoint: []string{"/usr/bin/cat", "/data/file.txt"}},
+	})
+	tarPath := filepath.Join(t.TempDir(), "dyn.tar")
+	os.WriteFile(tarPath, testutil.OCITar(t, img), 0o644)
+	d := testutil.StartDaemon(t)
+	rec := filepath.Join(t.TempDir(), "record.json")
+	if out, err := stargazer(t, "trace", "--addr", d.Addr, "--progress", "plain", "--record-out", rec, tarPath); err != nil {
+		t.Fatalf("trace: %v\n%s", err, out)
+	}
+	var paths []string
+	for _, e := range readRecordFile(t, rec) {
+		paths = append(paths, e.Path)
+	}
+	if want := []string{"usr/bin/cat", loader, libc, "data/file.txt"}; !slices.Equal(paths, want) {
+		t.Fatalf("record %v, want %v", paths, want)
 	}
 }
