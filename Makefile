@@ -24,11 +24,14 @@ build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/...
 
 # example builds examples/hello with the embedded daemon into hello.tar, an
-# OCI image layout.
+# OCI image layout of optimized eStargz (traced during the build), and
+# checks it.
 example: deps build
 	mkdir -p examples/hello/rootfs/bin
 	cp /bin/busybox examples/hello/rootfs/bin/busybox
-	$(BIN)/stargazer build examples/hello --progress plain --output type=oci,dest=hello.tar
+	$(BIN)/stargazer build examples/hello --progress plain --dockerfile-frontend stargazer \
+		--output type=oci,dest=hello.tar,name=example.test/hello:latest,optimize=true
+	$(BIN)/stargazer verify hello.tar
 	@echo "wrote hello.tar"
 
 test: deps

@@ -3,6 +3,7 @@
 package buildx
 
 import (
+	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 )
 
@@ -17,6 +18,9 @@ func NewRootCommand() *cobra.Command {
 		Short:         "Build container images that start fast",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// Libraries (containerd's content store, BuildKit's client) log
+		// through logrus; the command reports through its own output.
+		PersistentPreRun: func(*cobra.Command, []string) { logrus.SetLevel(logrus.ErrorLevel) },
 	}
 	cmd.AddCommand(newBuildCommand(), newTraceCommand(), newOptimizeCommand(), newVerifyCommand(), newFrontendCommand())
 	return cmd
