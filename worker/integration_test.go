@@ -190,3 +190,32 @@ func TestUnreachableRegistryFailsFast(t *testing.T) {
 	// build() bounds the whole build at five minutes; a hang would fail there.
 	t.Logf("failed after %v: %v", elapsed.Round(time.Millisecond), err)
 }
+
+func TestFlakyRegistryFailsClearly(t *testing.T) {
+	testutil.RequireIntegration(t)
+	reg := testutil.NewRegistry(t)
+	img := testutil.PushLarge(t, reg, testutil.EStargz)
+	d := testutil.StartDaemon(t, testutil.WithPlainHTTPRegistry(reg.Host()))
+	large := img.Layers[len(img.Layers)-1]
+	reg.SetFaults(testutil.ForBlob(large.Digest, testutil.FailBlobGets(500)))
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	dir := testutil.BuildContext(t, map[string]string{"Dockerfile": "FROM " + img.Ref + "\nRUN cat /data/small.txt\n"})
+	_, err := buildx.Build(ctx, buildx.BuildOptions{ContextDir: dir, Progress: "quiet", Daemon: buildx.DaemonOptions{Addr: d.Addr}})
+	if err == nil {
+		t.Fatal("want an error when the registry fails every request for a layer")
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("the build hung until the deadline: %v", err)
+	}
+	if !strings.Contains(err.Error(), large.Digest.Encoded()[:12]) && !strings.Contains(err.Error(), "500") {
+		t.Fatalf("error names neither the layer nor the status: %v", err)
+	}
+	t.Logf("error: %v", err)
+
+	// Once the registry recovers, the same daemon builds.
+	reg.SetFaults()
+	if got := readSmall(t, d, img.Ref); got != testutil.LargeSmallText {
+		t.Fatalf("after recovery: read %q", got)
+	}
+}
