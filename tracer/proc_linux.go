@@ -4,12 +4,31 @@ package tracer
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"strconv"
 	"sync"
 
 	"golang.org/x/sys/unix"
 )
+
+// checkProc makes sure /proc shows the PID namespace of this process. Both
+// engines look the workload's processes up there by pid: through a /proc
+// of another namespace (a PID namespace entered without mounting its own
+// proc, as `unshare --pid --fork` without --mount-proc leaves it) they
+// would read unrelated processes, lose the files the workload opens, and
+// never find a daemon it leaves behind, so Run would wait for that daemon
+// forever.
+func checkProc() error {
+	self, err := os.Readlink("/proc/self")
+	if err != nil {
+		return fmt.Errorf("no usable /proc (a proc filesystem must be mounted there): %w", err)
+	}
+	if pid := os.Getpid(); self != strconv.Itoa(pid) {
+		return fmt.Errorf("/proc belongs to another PID namespace (it names this process %s, not %d): mount a proc filesystem of this namespace on /proc", self, pid)
+	}
+	return nil
+}
 
 // readPPid returns the parent of pid from /proc/PID/stat.
 func readPPid(pid int) (int, error) {

@@ -34,7 +34,8 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 //
 // While Run runs, the calling process is a child subreaper and reaps every
 // child that ends, so it must not run alongside other child processes of
-// the caller. With the ptrace mechanism the program must call MaybeRunShim
+// the caller. It finds the workload's processes through /proc, which must
+// show the caller's PID namespace; Run fails at once when it does not. With the ptrace mechanism the program must call MaybeRunShim
 // at the top of main.
 func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if len(cfg.Argv) == 0 || cfg.Argv[0] == "" {
@@ -43,6 +44,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	mech, err := ParseMechanism(string(cfg.Mechanism))
 	if err != nil {
 		return nil, err
+	}
+	if err := checkProc(); err != nil {
+		return nil, fmt.Errorf("run workload: %w", err)
 	}
 	env := cfg.Env
 	if env == nil {
