@@ -32,6 +32,10 @@ type Status struct {
 	Output string `json:"output,omitempty"`
 }
 
+// stopGrace is how long Main waits past the period for the workload's
+// processes to be gone before it exits anyway.
+const stopGrace = time.Minute
+
 // outputTailSize is how much of the workload's output Status keeps.
 const outputTailSize = 4 << 10
 
@@ -127,6 +131,15 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	// worth writing.
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
+	if *period > 0 {
+		// A build step must never hang on a trace: should the workload's
+		// processes outlive the kill, give up well after the period.
+		watchdog := time.AfterFunc(*period+stopGrace, func() {
+			fmt.Fprintf(stderr, "%s: the workload did not end %v after the period; giving up\n", name, stopGrace)
+			os.Exit(1)
+		})
+		defer watchdog.Stop()
+	}
 	tail := &tailWriter{max: outputTailSize}
 	res, err := Run(ctx, Config{
 		Argv:       argv,
