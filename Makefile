@@ -7,7 +7,7 @@ PKGS      := ./...
 TEST_FLAGS ?= -count=1 -timeout 30m
 APT_PKGS  := runc fuse3 busybox-static containerd debootstrap iproute2
 
-.PHONY: all build deps example test bench bench-images clean
+.PHONY: all build deps example test bench bench-images bench-startup clean
 
 all: build
 
@@ -54,6 +54,14 @@ bench: deps bench-images
 	STARGAZER_BENCH_ROOTFS=$(BENCH_ROOTFS) $(GO) test -run '^$$' -bench . -benchtime 3x ./worker/ ./exporter/
 	$(GO) test -run '^$$' -bench . -benchtime 3x -cpu 1,2 ./exporter/convert/
 	$(GO) test -run '^$$' -bench Open -benchtime 10x ./tracer/
+
+# bench-startup runs the start-up benchmark (go run ./bench): cold builds
+# of FROM image + RUN workload, per image form, over an emulated link; it
+# writes results/results.md and results/results.png. BENCH_FLAGS=--quick
+# uses small busybox images instead of the Debian python3 image.
+BENCH_FLAGS ?=
+bench-startup: deps
+	$(GO) run ./bench --out results $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(BIN) hello.tar examples/hello/rootfs

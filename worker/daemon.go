@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -220,7 +221,7 @@ func (d *Daemon) newWorker(ctx context.Context, wrapper ExporterWrapper) (*Worke
 	if binary == "" {
 		binary = "runc"
 	}
-	if _, err := lookPath(binary); err != nil {
+	if _, err := exec.LookPath(binary); err != nil {
 		return nil, fmt.Errorf("OCI worker needs %s: %w", binary, err)
 	}
 

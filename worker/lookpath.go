@@ -1,5 +1,0 @@
-package worker
-
-import "os/exec"
-
-var lookPath = exec.LookPath
