@@ -134,7 +134,9 @@ func (o *optimizer) Resolve(ctx context.Context, id int, attrs map[string]string
 }
 
 func parseSettings(typ string, attrs map[string]string) (*settings, error) {
-	s := &settings{format: convert.EStargz, oci: true, selfTrace: true, commit: map[string]string{}}
+	// OCI media types by default, but for a docker tar, which docker load
+	// takes with Docker's.
+	s := &settings{format: convert.EStargz, oci: typ != client.ExporterDocker, selfTrace: true, commit: map[string]string{}}
 	for k, v := range attrs {
 		switch k {
 		case AttrOptimize:

@@ -189,7 +189,7 @@ func TestOptimizedKeepsEStargzBaseAndRunsEverywhere(t *testing.T) {
 
 	// And a docker tar, with Docker media types.
 	dockerTar := filepath.Join(t.TempDir(), "app-docker.tar")
-	if _, progress, err := build(t, d, appContext(t, base.Ref), "type=docker,dest="+dockerTar+",name=example.test/app:docker,optimize=true,oci-mediatypes=false"); err != nil {
+	if _, progress, err := build(t, d, appContext(t, base.Ref), "type=docker,dest="+dockerTar+",name=example.test/app:docker,optimize=true"); err != nil {
 		t.Fatalf("docker export: %v\n%s", err, progress)
 	}
 	if out, err := ctd.Ctr(t.Context(), "image", "import", dockerTar); err != nil {
