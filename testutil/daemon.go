@@ -369,16 +369,24 @@ func buildBinary(t testing.TB, name, pkg string) string {
 	if p, ok := binCache[name]; ok {
 		return p
 	}
-	dir, err := os.MkdirTemp("", "stargazer-bin-")
-	if err != nil {
+	// One shared directory, each binary replaced atomically: test
+	// processes of several packages build the same sources at once, and
+	// none leaves a copy behind.
+	dir := filepath.Join(os.TempDir(), "stargazer-test-bin")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	out := filepath.Join(dir, name)
-	cmd := exec.Command("go", "build", "-o", out, pkg)
+	tmp := filepath.Join(dir, fmt.Sprintf(".%s-%d", name, os.Getpid()))
+	cmd := exec.Command("go", "build", "-o", tmp, pkg)
 	cmd.Dir = ModuleRoot(t)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
+		os.Remove(tmp)
 		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+	}
+	out := filepath.Join(dir, name)
+	if err := os.Rename(tmp, out); err != nil {
+		t.Fatal(err)
 	}
 	binCache[name] = out
 	return out

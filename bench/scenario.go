@@ -1,0 +1,128 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/moby/buildkit/client"
+
+	"github.com/stargazer-build/stargazer/buildx"
+	"github.com/stargazer-build/stargazer/testutil"
+)
+
+// sample is one cold build of `FROM image` + `RUN workload`.
+type sample struct {
+	// Build is the wall time of the whole build, as the client sees it.
+	Build time.Duration
+	// Ready is the time from the start of the build until the workload's
+	// readiness line, by the daemon's timestamp of that log line.
+	Ready time.Duration
+	// ReadyBytes and ReadyRequests are what the registry had served when
+	// the client saw the readiness line.
+	ReadyBytes    int64
+	ReadyRequests int
+	// Bytes and Requests are what the registry served by the end of the
+	// build (background fetch included).
+	Bytes    int64
+	Requests int
+}
+
+// coldBuild starts a daemon on a fresh root, builds FROM ref + RUN argv on
+// it and stops it.
+func coldBuild(log io.Writer, reg *testutil.Registry, ref string, argv []string, snapshotter string, backgroundFetch bool) (sample, error) {
+	var s sample
+	err := run("cold build "+ref, log, func(t *scope) {
+		cmd, err := json.Marshal(argv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctxDir := testutil.BuildContext(t, map[string]string{"Dockerfile": "FROM " + ref + "\nRUN " + string(cmd) + "\n"})
+		d := testutil.StartDaemon(t, testutil.WithSnapshotter(snapshotter), testutil.WithPlainHTTPRegistry(reg.Host()),
+			testutil.WithBackgroundFetch(backgroundFetch), testutil.WithPrefetch(true))
+		w := &readyWatcher{reg: reg}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		reg.Reset()
+		start := time.Now()
+		_, err = buildx.Build(ctx, buildx.BuildOptions{
+			ContextDir: ctxDir,
+			Progress:   "rawjson",
+			Daemon:     buildx.DaemonOptions{Addr: d.Addr},
+			Stderr:     w,
+		})
+		s.Build = time.Since(start)
+		if err != nil {
+			t.Fatalf("build: %v\n%s", err, tailOf([]byte(d.Logs()), 3000))
+		}
+		st := reg.Totals()
+		s.Bytes, s.Requests = st.Bytes, st.Requests
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if w.at.IsZero() {
+			t.Fatalf("the workload never printed %q", readyLine)
+		}
+		s.Ready = w.at.Sub(start)
+		s.ReadyBytes, s.ReadyRequests = w.stats.Bytes, w.stats.Requests
+	})
+	return s, err
+}
+
+// readyWatcher reads BuildKit's rawjson progress and notes the daemon's
+// timestamp of the first log line holding readyLine, and the registry's
+// totals when it arrives.
+type readyWatcher struct {
+	reg *testutil.Registry
+
+	mu    sync.Mutex
+	buf   bytes.Buffer
+	at    time.Time
+	stats testutil.Stats
+}
+
+func (w *readyWatcher) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(p)
+	for {
+		line, err := w.buf.ReadBytes('\n')
+		if err != nil {
+			// An incomplete line: keep it for the next write.
+			rest := append([]byte(nil), line...)
+			w.buf.Reset()
+			w.buf.Write(rest)
+			return len(p), nil
+		}
+		w.scan(line)
+	}
+}
+
+func (w *readyWatcher) scan(line []byte) {
+	if !w.at.IsZero() {
+		return
+	}
+	var ss client.SolveStatus
+	if json.Unmarshal(line, &ss) != nil {
+		return
+	}
+	for _, l := range ss.Logs {
+		sc := bufio.NewScanner(bytes.NewReader(l.Data))
+		for sc.Scan() {
+			if sc.Text() == readyLine {
+				w.at = l.Timestamp
+				w.stats = w.reg.Totals()
+				return
+			}
+		}
+	}
+}
+
+// describe names a run for the log.
+func describe(image, form string, i, n int) string {
+	return fmt.Sprintf("%s/%s run %d/%d", image, form, i+1, n)
+}
