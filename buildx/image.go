@@ -25,6 +25,8 @@ import (
 type imageSource struct {
 	// Ref is the registry reference, or a name for an image from a tar.
 	Ref string
+	// Root is what the reference or the tar names: an index or a manifest.
+	Root ocispec.Descriptor
 	// Manifest is the platform's image manifest.
 	Manifest    ocispec.Descriptor
 	ManifestDoc ocispec.Manifest
@@ -76,6 +78,7 @@ func openImageTar(ctx context.Context, path string, platform ocispec.Platform, t
 
 // load picks the platform's manifest below root and reads it and its config.
 func (s *imageSource) load(ctx context.Context, root ocispec.Descriptor, platform ocispec.Platform) (*imageSource, error) {
+	s.Root = root
 	m, err := platformManifest(ctx, s.Provider, root, platforms.Only(platform))
 	if err != nil {
 		return nil, err

@@ -253,7 +253,7 @@ size of each layer; exits non-zero on any failure.`,
 			return Verify(cmd.Context(), args[0], platform, record, cmd.OutOrStdout())
 		},
 	}
-	cmd.Flags().StringVar(&platform, "platform", "", "Platform to check (default: this machine's)")
+	cmd.Flags().StringVar(&platform, "platform", "", "Platform to check (default: every platform; with --record, this machine's)")
 	cmd.Flags().StringVar(&record, "record", "", "Record whose files each layer must prioritize, in order")
 	return cmd
 }

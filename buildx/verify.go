@@ -15,8 +15,10 @@ import (
 )
 
 // Verify checks image (registry reference or OCI tar) with exporter/verify
-// and writes the per-layer table to out. With a record, each layer must
-// prioritize the record's files attributed to it, in record order.
+// and writes the per-layer table to out: every platform of a multi-platform
+// image unless platform names one. With a record, each layer of that
+// platform's manifest must prioritize the record's files attributed to it,
+// in record order.
 func Verify(ctx context.Context, image, platform, record string, out io.Writer) error {
 	p := platforms.DefaultSpec()
 	if platform != "" {
@@ -33,6 +35,10 @@ func Verify(ctx context.Context, image, platform, record string, out io.Writer) 
 	img, err := openImage(ctx, image, p, filepath.Join(tmp, "content"))
 	if err != nil {
 		return err
+	}
+	target := img.Root
+	if platform != "" || record != "" {
+		target = img.Manifest
 	}
 	var opts []verify.Option
 	if record != "" {
@@ -56,7 +62,7 @@ func Verify(ctx context.Context, image, platform, record string, out io.Writer) 
 		}
 		opts = append(opts, verify.WithPrioritizedFiles(func(_ ocispec.Platform, i int) []string { return lists[i] }))
 	}
-	rep, err := verify.Image(ctx, img.Provider, img.Manifest, opts...)
+	rep, err := verify.Image(ctx, img.Provider, target, opts...)
 	if rep != nil {
 		rep.WriteTable(out)
 	}
