@@ -315,6 +315,9 @@ func (e *instance) Export(ctx context.Context, src *bkexporter.Source, info bkex
 		if err != nil {
 			return nil, nil, nil, err
 		}
+		if len(remotes) == 0 {
+			continue
+		}
 		for _, d := range remotes[0].Descriptors {
 			mprovider.Add(d.Digest, remotes[0].Provider)
 			addAnnotations(annotations, d)
