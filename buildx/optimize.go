@@ -103,19 +103,12 @@ func Optimize(ctx context.Context, o OptimizeOptions) (ocispec.Descriptor, error
 		}
 		entries = res.Entries
 	}
-	idx, err := tracer.IndexImage(ctx, src.Provider, src.ManifestDoc)
+	lists, missing, err := tracer.AttributeImage(ctx, src.Provider, src.ManifestDoc, src.Manifest.Digest, entries, nil)
 	if err != nil {
-		return ocispec.Descriptor{}, fmt.Errorf("attribute the record to layers: %w", err)
+		return ocispec.Descriptor{}, err
 	}
-	attributed, missing := tracer.Attribute(entries, idx, src.Manifest.Digest.String())
 	if len(missing) > 0 {
 		fmt.Fprintf(stderr, "WARNING: %d recorded paths are not files of the image (e.g. %s)\n", len(missing), missing[0])
-	}
-	lists := map[int][]string{}
-	for _, e := range attributed {
-		if e.LayerIndex != nil {
-			lists[*e.LayerIndex] = append(lists[*e.LayerIndex], e.Path)
-		}
 	}
 
 	format := convert.EStargz

@@ -51,14 +51,9 @@ func Verify(ctx context.Context, image, platform, record string, out io.Writer) 
 		if err != nil {
 			return fmt.Errorf("--record %s: %w", record, err)
 		}
-		idx, err := tracer.IndexImage(ctx, img.Provider, img.ManifestDoc)
+		lists, _, err := tracer.AttributeImage(ctx, img.Provider, img.ManifestDoc, img.Manifest.Digest, entries, nil)
 		if err != nil {
 			return err
-		}
-		attributed, _ := tracer.Attribute(entries, idx, img.Manifest.Digest.String())
-		lists := map[int][]string{}
-		for _, e := range attributed {
-			lists[*e.LayerIndex] = append(lists[*e.LayerIndex], e.Path)
 		}
 		opts = append(opts, verify.WithPrioritizedFiles(func(_ ocispec.Platform, i int) []string { return lists[i] }))
 	}

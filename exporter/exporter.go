@@ -545,20 +545,15 @@ func (e *instance) attribute(ctx context.Context, store content.Store, desc ocis
 		// reading it through BuildKit's lazy provider would fetch it
 		// whole: it is indexed as empty.
 		kept := func(_ int, l ocispec.Descriptor) bool { return !e.s.reoptimize && tracer.HasTOC(l) }
-		idx, err := tracer.IndexImageLayers(ctx, store, m.manifest, kept)
+		lists, missing, err := tracer.AttributeImage(ctx, store, m.manifest, m.desc.Digest, entries, kept)
 		if err != nil {
-			return nil, fmt.Errorf("attribute the record to layers: %w", err)
+			return nil, err
 		}
-		attributed, missing := tracer.Attribute(entries, idx, m.desc.Digest.String())
 		if len(missing) > 0 {
 			progress.OneOff(ctx, fmt.Sprintf("WARNING: %s: %d recorded paths are not files of the converted layers (in eStargz base layers kept as they are, or not in the image; e.g. %s)", plat, len(missing), missing[0]))(nil)
 		}
-		lists := map[int][]string{}
-		for _, a := range attributed {
-			if a.LayerIndex != nil {
-				lists[*a.LayerIndex] = append(lists[*a.LayerIndex], a.Path)
-				out.entries++
-			}
+		for _, l := range lists {
+			out.entries += len(l)
 		}
 		out.byPlat[plat] = lists
 	}

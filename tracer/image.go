@@ -158,3 +158,22 @@ func indexFromTOC(ctx context.Context, p content.Provider, l ocispec.Descriptor,
 	}
 	return idx.AddLayer(&buf)
 }
+
+// AttributeImage attributes a record to the layers of an image (see
+// IndexImageLayers for skip) and returns each layer's paths in record
+// order, keyed by layer index, with the recorded paths that are not
+// regular files of those layers.
+func AttributeImage(ctx context.Context, p content.Provider, m ocispec.Manifest, manifestDigest digest.Digest, entries []Entry, skip func(i int, l ocispec.Descriptor) bool) (map[int][]string, []string, error) {
+	idx, err := IndexImageLayers(ctx, p, m, skip)
+	if err != nil {
+		return nil, nil, fmt.Errorf("attribute the record to layers: %w", err)
+	}
+	attributed, missing := Attribute(entries, idx, manifestDigest.String())
+	lists := map[int][]string{}
+	for _, e := range attributed {
+		if e.LayerIndex != nil {
+			lists[*e.LayerIndex] = append(lists[*e.LayerIndex], e.Path)
+		}
+	}
+	return lists, missing, nil
+}
