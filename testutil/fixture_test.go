@@ -551,11 +551,19 @@ func TestFixtureRunsInContainerd(t *testing.T) {
 			} else if !strings.Contains(out, img.Ref) {
 				t.Errorf("import output lacks %s:\n%s", img.Ref, out)
 			}
-			out, err := c.Ctr(ctx, "run", "--rm", img.Ref, "fixture-"+string(comp),
-				"/bin/sh", "-c", "cat /data/small.txt; id -u; ls -d /tmp; echo $PATH")
-			if err != nil {
+			// The output goes through a bind mount: ctr's own stdout
+			// copy can lose a short-lived container's output.
+			outDir := t.TempDir()
+			if _, err := c.Ctr(ctx, "run", "--rm", "--mount", "type=bind,src="+outDir+",dst=/out,options=rbind:rw",
+				img.Ref, "fixture-"+string(comp),
+				"/bin/sh", "-c", "(cat /data/small.txt; id -u; ls -d /tmp; echo $PATH) > /out/out.txt"); err != nil {
 				t.Fatalf("run: %v", err)
 			}
+			b, err := os.ReadFile(filepath.Join(outDir, "out.txt"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := string(b)
 			want := SmallText + "0\n/tmp\n" + DefaultPath + "\n"
 			if out != want {
 				t.Errorf("container printed %q, want %q", out, want)
