@@ -148,6 +148,19 @@ func TestSyntaxFrontendOnStargazerd(t *testing.T) {
 	}
 }
 
+// traceVertices counts the distinct trace vertices of a plain progress
+// log, which repeats a vertex's header when its output interleaves with
+// another's.
+func traceVertices(progress string) int {
+	ids := map[string]bool{}
+	for _, line := range strings.Split(progress, "\n") {
+		if f := strings.Fields(line); len(f) > 2 && strings.HasPrefix(f[0], "#") && f[1] == "[stargazer]" && f[2] == "trace" {
+			ids[f[0]] = true
+		}
+	}
+	return len(ids)
+}
+
 // traceCached reports whether the trace vertex of a plain progress log was
 // a cache hit.
 func traceCached(progress string) bool {
@@ -178,8 +191,8 @@ func TestBuiltinFrontendTracesOnce(t *testing.T) {
 		if got := recordPaths(t, res.resp); !slices.Equal(got, wantReads) {
 			t.Fatalf("syntax %q: record %v, want %v", syntax, got, wantReads)
 		}
-		if n := strings.Count(res.progress, "[stargazer] trace /app/run.sh\n"); n != 1 {
-			t.Fatalf("syntax %q: %d trace steps started, want 1:\n%s", syntax, n, res.progress)
+		if n := traceVertices(res.progress); n != 1 {
+			t.Fatalf("syntax %q: %d trace steps, want 1:\n%s", syntax, n, res.progress)
 		}
 	}
 }
