@@ -2,7 +2,6 @@ package exporter
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -47,18 +46,12 @@ func (e *instance) selfTrace(ctx context.Context, src *bkexporter.Source, sessio
 	}
 	out := map[string][]tracer.Entry{}
 	for _, p := range ps.Platforms {
-		ref, cfgKey := src.Ref, exptypes.ExporterImageConfigKey
-		if len(src.Refs) > 0 {
-			ref, cfgKey = src.Refs[p.ID], exptypes.ExporterImageConfigKey+"/"+p.ID
+		ref, img, _, err := buildtrace.PlatformImage(src, p.ID)
+		if err != nil {
+			return nil, err
 		}
 		if ref == nil {
 			continue
-		}
-		var img ocispec.Image
-		if b := src.Metadata[cfgKey]; len(b) > 0 {
-			if err := json.Unmarshal(b, &img); err != nil {
-				return nil, fmt.Errorf("image config of %s: %w", p.ID, err)
-			}
 		}
 		w := buildtrace.Workload{Period: e.s.tracePeriod}
 		argv, err := w.Argv(img.Config)

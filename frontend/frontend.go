@@ -22,7 +22,6 @@ import (
 	gwclient "github.com/moby/buildkit/frontend/gateway/client"
 	"github.com/moby/buildkit/solver/pb"
 	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/stargazer-build/stargazer/tracer"
 	"github.com/stargazer-build/stargazer/tracer/buildtrace"
@@ -135,15 +134,12 @@ func build(ctx context.Context, c gwclient.Client, o options) (*gwclient.Result,
 	}
 	var tr *buildtrace.Tracer
 	for _, p := range ps.Platforms {
-		ref, cfgKey, recKey, statusKey := platformKeys(res, p.ID, len(ps.Platforms) > 1)
+		ref, img, suffix, err := buildtrace.PlatformImage(res, p.ID)
+		if err != nil {
+			return nil, err
+		}
 		if ref == nil {
 			continue
-		}
-		var img ocispec.Image
-		if b := res.Metadata[cfgKey]; len(b) > 0 {
-			if err := json.Unmarshal(b, &img); err != nil {
-				return nil, fmt.Errorf("image config of %s: %w", p.ID, err)
-			}
 		}
 		fail := func(format string, args ...any) error {
 			msg := fmt.Sprintf(format, args...)
@@ -203,9 +199,9 @@ func build(ctx context.Context, c gwclient.Client, o options) (*gwclient.Result,
 		if err := tracer.NewWriter(&buf).WriteAll(tracer.Merge(records...)); err != nil {
 			return nil, err
 		}
-		res.AddMeta(recKey, buf.Bytes())
+		res.AddMeta(RecordKey+suffix, buf.Bytes())
 		if b, err := json.Marshal(status); err == nil {
-			res.AddMeta(statusKey, b)
+			res.AddMeta(StatusKey+suffix, b)
 		}
 	}
 	return res, nil
@@ -226,23 +222,6 @@ func alreadyTraced(res *gwclient.Result) bool {
 		}
 	}
 	return false
-}
-
-// platformKeys returns the reference and metadata keys of one platform.
-func platformKeys(res *gwclient.Result, id string, multi bool) (ref gwclient.Reference, cfgKey, recKey, statusKey string) {
-	if !multi {
-		r := res.Ref
-		if r == nil && len(res.Refs) == 1 {
-			for _, v := range res.Refs {
-				r = v
-			}
-		}
-		if res.Ref == nil {
-			return r, exptypes.ExporterImageConfigKey + "/" + id, RecordKey + "/" + id, StatusKey + "/" + id
-		}
-		return r, exptypes.ExporterImageConfigKey, RecordKey, StatusKey
-	}
-	return res.Refs[id], exptypes.ExporterImageConfigKey + "/" + id, RecordKey + "/" + id, StatusKey + "/" + id
 }
 
 // readDockerfile reads the Dockerfile the build uses, for its directives.
