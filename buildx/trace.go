@@ -3,7 +3,6 @@ package buildx
 import (
 	"bytes"
 	"context"
-	"debug/elf"
 	"encoding/csv"
 	"encoding/json"
 	"errors"
@@ -11,7 +10,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"time"
 
@@ -302,27 +300,14 @@ func stageTracer(dir string) (string, error) {
 }
 
 func checkStatic(path string) error {
-	f, err := elf.Open(path)
+	static, err := tracer.IsStaticExecutable(path)
 	if err != nil {
-		return fmt.Errorf("the tracer %s is not a Linux executable: %w", path, err)
+		return fmt.Errorf("the tracer: %w", err)
 	}
-	defer f.Close()
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
-			return fmt.Errorf("the tracer %s is dynamically linked and cannot run inside images; build stargazer with CGO_ENABLED=0 (make build)", path)
-		}
-	}
-	if f.Machine != elfMachine() {
-		return fmt.Errorf("the tracer %s is for another architecture", path)
+	if !static {
+		return fmt.Errorf("the tracer %s is dynamically linked and cannot run inside images; build stargazer with CGO_ENABLED=0 (make build)", path)
 	}
 	return nil
-}
-
-func elfMachine() elf.Machine {
-	if runtime.GOARCH == "arm64" {
-		return elf.EM_AARCH64
-	}
-	return elf.EM_X86_64
 }
 
 // runGateway runs f as a gateway build on the daemon at addr, showing

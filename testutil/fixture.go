@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"debug/elf"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,6 +34,8 @@ import (
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/sirupsen/logrus"
+
+	"github.com/stargazer-build/stargazer/tracer"
 )
 
 // Compression is how a fixture's layers are compressed.
@@ -790,15 +791,12 @@ func busyboxTar() (*tarBlob, error) {
 // checkStatic fails for an executable that needs a program interpreter,
 // which a busybox-only root filesystem does not have.
 func checkStatic(p string) error {
-	f, err := elf.Open(p)
+	static, err := tracer.IsStaticExecutable(p)
 	if err != nil {
-		return fmt.Errorf("busybox %s: %w", p, err)
+		return fmt.Errorf("busybox: %w", err)
 	}
-	defer f.Close()
-	for _, prog := range f.Progs {
-		if prog.Type == elf.PT_INTERP {
-			return fmt.Errorf("busybox %s is dynamically linked; install Debian's busybox-static", p)
-		}
+	if !static {
+		return fmt.Errorf("busybox %s is dynamically linked; install Debian's busybox-static", p)
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package tracer
 
 import (
+	"fmt"
 	"bytes"
 	"debug/elf"
 	"io"
@@ -90,4 +91,19 @@ func readELFInterp(p string) string {
 	}
 	defer f.Close()
 	return elfInterp(f)
+}
+
+// IsStaticExecutable reports whether path is an ELF executable that needs
+// no program interpreter, as anything mounted into arbitrary images to run
+// there must be.
+func IsStaticExecutable(path string) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	if _, err := elf.NewFile(f); err != nil {
+		return false, fmt.Errorf("%s is not an ELF executable: %w", path, err)
+	}
+	return elfInterp(f) == "", nil
 }
