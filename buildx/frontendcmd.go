@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/errdefs"
+	"github.com/moby/buildkit/util/contentutil"
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -62,12 +63,14 @@ func PushFrontend(ctx context.Context, ref string) (digest.Digest, error) {
 		return "", err
 	}
 	var descs []ocispec.Descriptor
-	store := map[digest.Digest][]byte{}
+	store := contentutil.NewBuffer()
 	for _, b := range append(blobs, manifest) {
 		descs = append(descs, b.desc)
-		store[b.desc.Digest] = b.data
+		if err := content.WriteBlob(ctx, store, b.desc.Digest.String(), bytes.NewReader(b.data), b.desc); err != nil {
+			return "", err
+		}
 	}
-	if err := pushBlobs(ctx, ref, descs, memProvider(store)); err != nil {
+	if err := pushBlobs(ctx, ref, descs, store); err != nil {
 		return "", err
 	}
 	return manifest.desc.Digest, nil
@@ -105,21 +108,6 @@ func pushBlobs(ctx context.Context, ref string, descs []ocispec.Descriptor, p co
 	}
 	return nil
 }
-
-// memProvider serves blobs held in memory.
-type memProvider map[digest.Digest][]byte
-
-func (m memProvider) ReaderAt(_ context.Context, d ocispec.Descriptor) (content.ReaderAt, error) {
-	b, ok := m[d.Digest]
-	if !ok {
-		return nil, fmt.Errorf("blob %s: %w", d.Digest, errdefs.ErrNotFound)
-	}
-	return bytesReaderAt{bytes.NewReader(b)}, nil
-}
-
-type bytesReaderAt struct{ *bytes.Reader }
-
-func (bytesReaderAt) Close() error { return nil }
 
 type blob struct {
 	desc ocispec.Descriptor
