@@ -197,6 +197,10 @@ func TestOptimizedKeepsEStargzBaseAndRunsEverywhere(t *testing.T) {
 	if out, err := ctd.Ctr(t.Context(), "image", "import", dockerTar); err != nil {
 		t.Fatalf("ctr import of the docker tar: %v\n%s", err, out)
 	}
+	dockerLayout := testutil.ReadOCILayoutTar(t, dockerTar)
+	if _, err := verify.Image(t.Context(), dockerLayout.Provider(), dockerLayout.Index.Manifests[0]); err != nil {
+		t.Fatalf("verify the docker tar: %v", err)
+	}
 }
 
 func TestOptimizeBadInput(t *testing.T) {
@@ -212,8 +216,9 @@ func TestOptimizeBadInput(t *testing.T) {
 	rec := filepath.Join(t.TempDir(), "rec.json")
 	os.WriteFile(rec, []byte("{\"path\":\"app/run.sh\"}\n{\"path\":\"no/such/file\"}\n"), 0o644)
 	var progress bytes.Buffer
+	yTar := filepath.Join(t.TempDir(), "y.tar")
 	_, err = buildx.Build(t.Context(), buildx.BuildOptions{
-		ContextDir: appContext(t, base.Ref), Outputs: []string{"type=oci,dest=" + t.TempDir() + "/y.tar"},
+		ContextDir: appContext(t, base.Ref), Outputs: []string{"type=oci,dest=" + yTar},
 		RecordIn: rec, Progress: "plain", Stderr: &progress, Daemon: buildx.DaemonOptions{Addr: d.Addr},
 	})
 	if err != nil {
@@ -222,6 +227,8 @@ func TestOptimizeBadInput(t *testing.T) {
 	if !strings.Contains(progress.String(), "1 recorded paths are not files") {
 		t.Fatalf("no warning about the missing path:\n%s", progress.String())
 	}
+	layout := testutil.ReadOCILayoutTar(t, yTar)
+	verifyPrioritized(t, layout.Provider(), layout.Index.Manifests[0], map[int][]string{2: {"app/run.sh"}})
 }
 
 func TestOptimizedZstdChunked(t *testing.T) {
