@@ -189,6 +189,18 @@ func TestOptimizedKeepsEStargzBaseAndRunsEverywhere(t *testing.T) {
 		t.Fatalf("ctr import: %v\n%s", err, out)
 	}
 
+	// reoptimize-base=true converts the eStargz base layers too: new
+	// digests, and the busybox the workload reads is prioritized.
+	reTar := filepath.Join(t.TempDir(), "reopt.tar")
+	if _, progress, err := build(t, d, appContext(t, base.Ref), "type=oci,dest="+reTar+",optimize=true,reoptimize-base=true"); err != nil {
+		t.Fatalf("reoptimize-base export: %v\n%s", err, progress)
+	}
+	reLayout := testutil.ReadOCILayoutTar(t, reTar)
+	rep := verifyPrioritized(t, reLayout.Provider(), reLayout.Index.Manifests[0], map[int][]string{0: {"bin/busybox"}, 2: {"data/small.txt"}, 3: {"app/run.sh"}, 4: {"app/conf.txt"}})
+	if got := rep.Manifests[0].Layers[0].Digest; got == base.Layers[0].Digest {
+		t.Errorf("reoptimize-base kept base layer 0 as it was (%s)", got)
+	}
+
 	// And a docker tar, with Docker media types.
 	dockerTar := filepath.Join(t.TempDir(), "app-docker.tar")
 	if _, progress, err := build(t, d, appContext(t, base.Ref), "type=docker,dest="+dockerTar+",name=example.test/app:docker,optimize=true"); err != nil {
