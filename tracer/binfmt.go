@@ -1,9 +1,9 @@
 package tracer
 
 import (
-	"fmt"
 	"bytes"
 	"debug/elf"
+	"fmt"
 	"io"
 	"os"
 )

@@ -60,10 +60,7 @@ func (w *fanotifyWatch) close() {
 // runFanotify starts the workload directly and records the opens fanotify
 // reports for its processes, reaping children on this goroutine.
 func (s *session) runFanotify(ctx context.Context, fan *fanotifyWatch) (*Result, error) {
-	m := &fanMembers{self: s.self, verdict: make(map[int]bool), existing: make(map[int]struct{})}
-	for _, pid := range listPids() {
-		m.existing[pid] = struct{}{}
-	}
+	m := &fanMembers{self: s.self, verdict: make(map[procID]bool)}
 	s.start = time.Now()
 	s.rec = newRecorder(s.start)
 	pid, err := syscall.ForkExec(s.exe, s.cfg.Argv, &syscall.ProcAttr{
@@ -77,7 +74,13 @@ func (s *session) runFanotify(ctx context.Context, fan *fanotifyWatch) (*Result,
 		return nil, fmt.Errorf("run workload: exec %s: %w", s.exe, err)
 	}
 	s.known.add(pid)
-	m.verdict[pid] = true
+	// The workload's main process is still there (only this goroutine
+	// reaps it): its start time divides processes older than the workload
+	// from those that may belong to it.
+	if _, start, err := readStat(pid); err == nil {
+		m.since = start
+		m.verdict[procID{pid, start}] = true
+	}
 
 	drain := make(chan struct{})
 	readDone := make(chan error, 1)
@@ -184,27 +187,30 @@ func (s *session) recordEventFd(fd int, link []byte) {
 // fanMembers decides whether an event's pid belongs to the workload: the
 // filesystem mark sees every process using the filesystem. (The killer
 // does not need it: every workload process descends from the tracer, a
-// subreaper, and a pid learnt here may be reused once its process is gone.)
+// subreaper.) Processes are told apart by pid and start time, since a busy
+// host reuses pids within one trace.
 type fanMembers struct {
-	self     int
-	verdict  map[int]bool     // pid -> member, for pids seen alive
-	existing map[int]struct{} // pids that existed before the workload
+	self    int
+	since   uint64          // start time of the workload's main process
+	verdict map[procID]bool // member or not, for processes seen alive
+}
+
+type procID struct {
+	pid   int
+	start uint64
 }
 
 // member walks pid's ancestry up to the workload, the tracer (orphaned
-// daemons are reparented to it) or a process older than the workload.
-// A process that is already gone cannot be placed; it counts as the
-// workload's when it did not exist before the workload started, since a
-// short-lived child (sh -c 'cat f') is often reaped before its event is
-// read.
+// daemons are reparented to it) or a process older than the workload. A
+// process that is already gone cannot be placed; it counts as the
+// workload's, since a short-lived child (sh -c 'cat f') is often reaped
+// before its event is read; on a host, that may add the files of an
+// unrelated short-lived process, never in a container of its own.
 func (m *fanMembers) member(pid int) bool {
 	if pid == m.self {
 		return false
 	}
-	if v, ok := m.verdict[pid]; ok {
-		return v
-	}
-	var chain []int
+	var chain []procID
 	decide := func(v bool) bool {
 		for _, p := range chain {
 			m.verdict[p] = v
@@ -212,22 +218,22 @@ func (m *fanMembers) member(pid int) bool {
 		return v
 	}
 	for p := pid; len(chain) < 4096; {
-		if v, ok := m.verdict[p]; ok {
-			return decide(v)
-		}
 		if p == m.self {
 			return decide(true)
 		}
-		if _, old := m.existing[p]; old || p <= 1 {
+		ppid, start, err := readStat(p)
+		if err != nil {
+			return true // gone: not cached, its pid may come back
+		}
+		id := procID{p, start}
+		if v, ok := m.verdict[id]; ok {
+			return decide(v)
+		}
+		if start < m.since || p <= 1 {
 			return decide(false)
 		}
-		pp, err := readPPid(p)
-		if err != nil {
-			_, old := m.existing[pid]
-			return !old
-		}
-		chain = append(chain, p)
-		p = pp
+		chain = append(chain, id)
+		p = ppid
 	}
 	return false
 }

@@ -32,21 +32,34 @@ func checkProc() error {
 
 // readPPid returns the parent of pid from /proc/PID/stat.
 func readPPid(pid int) (int, error) {
+	ppid, _, err := readStat(pid)
+	return ppid, err
+}
+
+// readStat returns a process's parent pid and its start time (clock ticks
+// since boot), which with the pid identifies the process: pids are reused.
+func readStat(pid int) (ppid int, start uint64, err error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	// "pid (comm) state ppid ...": comm may hold spaces and parentheses,
-	// so parse from the last ')'.
+	// so parse from the last ')'. starttime is field 22, the 20th after it.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, unix.EINVAL
+		return 0, 0, unix.EINVAL
 	}
 	f := bytes.Fields(b[i+1:])
-	if len(f) < 2 {
-		return 0, unix.EINVAL
+	if len(f) < 20 {
+		return 0, 0, unix.EINVAL
 	}
-	return strconv.Atoi(string(f[1]))
+	if ppid, err = strconv.Atoi(string(f[1])); err != nil {
+		return 0, 0, err
+	}
+	if start, err = strconv.ParseUint(string(f[19]), 10, 64); err != nil {
+		return 0, 0, err
+	}
+	return ppid, start, nil
 }
 
 // listPids returns the pids of all processes visible in /proc.
