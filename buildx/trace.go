@@ -351,6 +351,7 @@ image is pulled lazily: tracing fetches only what the workload reads.`,
 			if len(res.Missing) > 0 {
 				fmt.Fprintf(cmd.ErrOrStderr(), "%d recorded paths are not files of the image and were left out\n", len(res.Missing))
 			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "traced %d files with %s\n", len(res.Entries), mechanismText(res.Status))
 			return writeRecord(res.Entries, o.RecordOut, cmd.OutOrStdout())
 		},
 	}
@@ -360,6 +361,17 @@ image is pulled lazily: tracing fetches only what the workload reads.`,
 	fl.BoolVar(&merge, "merge", false, "Merge the given records, keeping first-access rank, instead of tracing")
 	addDaemonFlags(cmd, &o.Daemon)
 	return cmd
+}
+
+// mechanismText names how a trace watched the workload.
+func mechanismText(st tracer.Status) string {
+	switch {
+	case st.Mechanism == tracer.Ptrace && st.SeccompListener:
+		return "ptrace (opens through a seccomp listener)"
+	case st.Mechanism == tracer.Ptrace:
+		return "ptrace (opens stopped for ptrace: no seccomp listener granted)"
+	}
+	return string(st.Mechanism)
 }
 
 func writeRecord(entries []tracer.Entry, path string, stdout io.Writer) error {

@@ -60,6 +60,11 @@ func TestTraceRegistryImageLazily(t *testing.T) {
 	if !strings.Contains(out, "app-ready") {
 		t.Errorf("workload output not shown in progress:\n%s", out)
 	}
+	// In a default build container, with no capability added, the
+	// kernel grants the seccomp listener: the fast path is the one used.
+	if !strings.Contains(out, "with ptrace (opens through a seccomp listener)") {
+		t.Errorf("trace did not use the seccomp listener:\n%s", out)
+	}
 	entries := readRecordFile(t, rec)
 	var paths []string
 	layerOf := map[string]int{}

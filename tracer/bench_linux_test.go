@@ -20,6 +20,12 @@ import (
 //
 // prints the tracing overhead side by side. The workload is a static Go
 // program; each open is followed by a small read and a close.
+//
+// ptrace is the default engine (opens held for a seccomp listener);
+// ptrace-stops is the same mechanism where no listener is granted (every
+// open a ptrace stop); ptrace-floor answers the listener without looking
+// at the call: the cost of the round trip alone, below which no tracer
+// that reads names while the call is held can go.
 
 // BenchmarkOpen10000 opens and reads 10,000 distinct small files.
 func BenchmarkOpen10000(b *testing.B) {
@@ -70,7 +76,7 @@ func benchmarkWorkload(b *testing.B, wantFiles int, mode string, args ...string)
 			}
 		}
 	})
-	for _, m := range []Mechanism{Ptrace, Fanotify} {
+	for _, m := range []Mechanism{Ptrace, ptraceStops, ptraceFloor, Fanotify} {
 		b.Run(string(m), func(b *testing.B) {
 			if m == Fanotify {
 				w, err := openFanotify([]string{benchDir})
@@ -80,9 +86,22 @@ func benchmarkWorkload(b *testing.B, wantFiles int, mode string, args ...string)
 				w.close()
 			}
 			for b.Loop() {
-				res, err := Run(context.Background(), Config{Argv: argv, Mechanism: m, FanotifyPaths: []string{benchDir}})
+				cfg := Config{Argv: argv, Mechanism: m, FanotifyPaths: []string{benchDir}}
+				switch m {
+				case ptraceStops:
+					cfg.Mechanism, cfg.ptraceStops = Ptrace, true
+				case ptraceFloor:
+					cfg.Mechanism, cfg.notifyNothing = Ptrace, true
+				}
+				res, err := Run(context.Background(), cfg)
 				if err != nil {
 					b.Fatal(err)
+				}
+				if m == ptraceFloor {
+					if !res.SeccompListener {
+						b.Fatal("no seccomp listener granted")
+					}
+					continue
 				}
 				// fanotify may also see unrelated short-lived
 				// processes of a busy host: count ours only.

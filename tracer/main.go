@@ -18,8 +18,10 @@ import (
 // Status is the final report Main writes with --status-out: how the
 // workload ended and how the trace went.
 type Status struct {
-	Mechanism  Mechanism  `json:"mechanism"`
-	StopReason StopReason `json:"stopReason"`
+	Mechanism Mechanism `json:"mechanism"`
+	// SeccompListener: see Result.SeccompListener.
+	SeccompListener bool       `json:"seccompListener,omitempty"`
+	StopReason      StopReason `json:"stopReason"`
 	// ExitCode is the workload's exit code, or -1 when a signal ended it.
 	ExitCode int `json:"exitCode"`
 	// Signal names the signal that ended the workload, if one did.
@@ -190,12 +192,13 @@ func Main(args []string, stdout, stderr io.Writer) int {
 // Status summarizes the result for --status-out.
 func (r *Result) Status() Status {
 	st := Status{
-		Mechanism:  r.Mechanism,
-		StopReason: r.Stop,
-		ExitCode:   r.Exit.Code,
-		Files:      len(r.Files),
-		DurationMs: r.Duration.Round(time.Millisecond).Milliseconds(),
-		Warnings:   r.Warnings,
+		Mechanism:       r.Mechanism,
+		SeccompListener: r.SeccompListener,
+		StopReason:      r.Stop,
+		ExitCode:        r.Exit.Code,
+		Files:           len(r.Files),
+		DurationMs:      r.Duration.Round(time.Millisecond).Milliseconds(),
+		Warnings:        r.Warnings,
 	}
 	if !r.Exit.Exited {
 		st.ExitCode = -1

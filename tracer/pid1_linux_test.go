@@ -103,7 +103,7 @@ func TestTraceAsPID1(t *testing.T) {
 			return []string{f.wl, "daemon", f.path("a.txt"), f.path("daemon.pid"), "stay"}
 		}, 2 * time.Second, StopPeriod, []string{"wl", "a.txt", "daemon.pid"}},
 	}
-	for _, m := range mechanisms(t) {
+	for _, m := range flagMechanisms(t) {
 		for _, tt := range tests {
 			t.Run(string(m)+"/"+tt.name, func(t *testing.T) {
 				if tt.name == "shell loop" && sh == "" {
@@ -142,7 +142,7 @@ func TestTraceAsPID1WithParentProc(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for a new PID namespace")
 	}
-	for _, m := range mechanisms(t) {
+	for _, m := range flagMechanisms(t) {
 		t.Run(string(m), func(t *testing.T) {
 			f := newFixture(t)
 			args := []string{"--tracer", string(m), "--period", "2s", "--",

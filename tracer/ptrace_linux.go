@@ -7,11 +7,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -56,12 +56,20 @@ type ptraceEngine struct {
 	// match its uid (workload runs as another user, no CAP_SYS_PTRACE).
 	fsAs    *User
 	linkBuf []byte
-	strBuf  []byte
+	mem     memReader
 	interps map[string]string // PT_INTERP cache by executable path
 	lostFDs int
 	// inodes are the recorded files that have a single name: opening
 	// one again needs no look at the result.
 	inodes map[fileID]struct{}
+	// sink records, in order, what this thread and the notifier saw;
+	// recorded are the paths this thread handed it.
+	sink     *recordSink
+	recorded map[string]struct{}
+	// rootMoved: a process called chroot, pivot_root, unshare or setns,
+	// so a name may mean another file to it than to us; the notifier
+	// then resolves names through /proc while their call is held.
+	rootMoved atomic.Bool
 }
 
 // fileID identifies a file by device and inode.
@@ -88,24 +96,28 @@ func (s *session) runPtrace(ctx context.Context) (*Result, error) {
 }
 
 func (s *session) tracePtrace(ctx context.Context) (*Result, error) {
-	statusR, statusW, err := os.Pipe()
+	status, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("run workload: %w", err)
 	}
-	defer statusR.Close()
+	defer unix.Close(status[0])
 
 	attr := s.sysProcAttr()
 	attr.Ptrace = true
-	argv := append([]string{os.Args[0], shimMarker, s.exe}, s.cfg.Argv...)
+	mode := shimNotify
+	if s.cfg.ptraceStops {
+		mode = shimStops
+	}
+	argv := append([]string{os.Args[0], shimMarker, mode, s.exe}, s.cfg.Argv...)
 	s.start = time.Now()
 	s.rec = newRecorder(s.start)
 	pid, err := syscall.ForkExec("/proc/self/exe", argv, &syscall.ProcAttr{
 		Dir:   s.dir,
 		Env:   s.env,
-		Files: []uintptr{s.files[0].Fd(), s.files[1].Fd(), s.files[2].Fd(), statusW.Fd()},
+		Files: []uintptr{s.files[0].Fd(), s.files[1].Fd(), s.files[2].Fd(), uintptr(status[1])},
 		Sys:   attr,
 	})
-	statusW.Close()
+	unix.Close(status[1])
 	s.closeIO()
 	if err != nil {
 		if errors.Is(err, unix.EPERM) {
@@ -114,23 +126,45 @@ func (s *session) tracePtrace(ctx context.Context) (*Result, error) {
 		return nil, fmt.Errorf("run workload: start ptrace shim: %w", err)
 	}
 	s.known.add(pid)
-	shimStatus := make(chan string, 1)
-	go func() {
-		b, _ := io.ReadAll(statusR)
-		shimStatus <- string(b)
-	}()
 
 	e := &ptraceEngine{
-		s:       s,
-		root:    pid,
-		threads: map[int]*tracee{pid: {}},
-		linkBuf: make([]byte, unix.PathMax+64),
-		strBuf:  make([]byte, unix.PathMax),
-		interps: make(map[string]string),
-		inodes:  make(map[fileID]struct{}),
+		s:        s,
+		root:     pid,
+		threads:  map[int]*tracee{pid: {}},
+		linkBuf:  make([]byte, unix.PathMax+64),
+		interps:  make(map[string]string),
+		inodes:   make(map[fileID]struct{}),
+		sink:     newRecordSink(s.rec),
+		recorded: make(map[string]struct{}),
 	}
 	if u := s.cfg.User; u != nil && (int(u.UID) != os.Geteuid() || int(u.GID) != os.Getegid()) {
 		e.fsAs = u
+	}
+	e.mem = memReader{buf: make([]byte, unix.PathMax), stopped: true, as: e.asWorkload}
+	// The shim hands over the notification listener, if it got one,
+	// before it executes the workload, then reports how that went.
+	shimStatus := make(chan string, 1)
+	notif := make(chan *notifier, 1)
+	go func() {
+		listener := make(chan int, 1)
+		go func() {
+			shimStatus <- readShimStatus(status[0], listener)
+		}()
+		if fd, ok := <-listener; ok {
+			notif <- e.startNotifier(fd)
+		}
+		close(notif)
+	}()
+	// Whatever happens below, every access handed over is recorded and
+	// the notifier is gone before the result is read.
+	finish := func() (listener bool) {
+		if n := <-notif; n != nil {
+			n.stop()
+			e.lostFDs += n.lost
+			listener = true
+		}
+		e.sink.close()
+		return listener
 	}
 
 	// The shim stops with SIGTRAP right after its own exec (TRACEME);
@@ -152,6 +186,8 @@ func (s *session) tracePtrace(ctx context.Context) (*Result, error) {
 	if err := unix.PtraceSetOptions(pid, ptraceOptions); err != nil {
 		unix.Kill(pid, unix.SIGKILL)
 		e.loop() // reap it
+		<-shimStatus
+		finish()
 		return nil, fmt.Errorf("run workload: set ptrace options: %w", err)
 	}
 	defer quietStops()()
@@ -162,9 +198,17 @@ func (s *session) tracePtrace(ctx context.Context) (*Result, error) {
 	res.Exit, err = e.loop()
 	res.Duration = time.Since(s.start)
 	if err != nil {
+		// Not every process may be gone: kill them, or the notifier
+		// would wait for them.
+		s.stop(StopExited)
+		e.loop()
+	}
+	msg := <-shimStatus
+	res.SeccompListener = finish()
+	if err != nil {
 		return nil, err
 	}
-	if msg := <-shimStatus; msg != "" {
+	if msg != "" {
 		return nil, fmt.Errorf("run workload: %s: %w", s.cfg.Argv[0], errors.New(msg))
 	}
 	if e.lostFDs > 0 {
@@ -340,13 +384,15 @@ func (e *ptraceEngine) seccompStop(tid int, t *tracee) {
 	case traceOpenat2:
 		// struct open_how starts with the u64 flags.
 		var how [8]byte
-		if e.readMem(tid, si.args[2], how[:]) != nil {
+		if e.mem.read(tid, si.args[2], how[:]) != nil {
 			t.inOpen = true // can't tell: let the exit decide
 		} else if flags := binary.LittleEndian.Uint64(how[:]); flags&(unix.O_PATH|unix.O_DIRECTORY) == 0 {
 			t.inOpen = true
 		}
 	case traceExec:
 		t.exec = e.execTarget(tid, si)
+	case traceRoot:
+		e.rootMoved.Store(true)
 	}
 	e.resume(tid, t, 0)
 }
@@ -373,7 +419,7 @@ func (e *ptraceEngine) openNeedsExit(tid int, si *syscallInfo) bool {
 	default: // creat: always creates or truncates
 		return true
 	}
-	name, err := e.readString(tid, addr)
+	name, err := e.mem.readString(tid, addr)
 	if err != nil || name == "" || magicPath(name) {
 		return true
 	}
@@ -478,7 +524,7 @@ func (e *ptraceEngine) recordFD(tid, fd int) {
 		e.lostFDs++
 		return
 	}
-	if e.s.rec.has(target) || !recordable(target) {
+	if e.has(target) || !recordable(target) {
 		return
 	}
 	var st unix.Stat_t
@@ -494,10 +540,17 @@ func (e *ptraceEngine) addStat(p string, st *unix.Stat_t) {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return
 	}
-	e.s.rec.add(p, st.Size)
+	e.recorded[p] = struct{}{}
+	e.sink.push(access{at: time.Since(e.s.start), path: p, size: st.Size})
 	if st.Nlink == 1 {
 		e.inodes[fileID{uint64(st.Dev), st.Ino}] = struct{}{}
 	}
+}
+
+// has reports whether this thread recorded p already.
+func (e *ptraceEngine) has(p string) bool {
+	_, ok := e.recorded[p]
+	return ok
 }
 
 func (e *ptraceEngine) readlink(p string) (string, error) {
@@ -537,7 +590,7 @@ func (e *ptraceEngine) execTarget(tid int, si *syscallInfo) string {
 	if si.nr == unix.SYS_EXECVEAT {
 		dirfd, addr, flags = int(int32(si.args[0])), si.args[1], si.args[4]
 	}
-	name, err := e.readString(tid, addr)
+	name, err := e.mem.readString(tid, addr)
 	if err != nil {
 		return ""
 	}
@@ -551,21 +604,45 @@ func (e *ptraceEngine) execTarget(tid int, si *syscallInfo) string {
 // would resolve it: absolute names from its root, others from its cwd or
 // from dirfd; "" when it does not exist.
 func (e *ptraceEngine) resolveIn(tid, dirfd int, name string) string {
+	p, _, _ := e.resolve(tid, dirfd, name, false)
+	return p
+}
+
+// resolveRegular is resolveIn for a regular file, with its size; ok is
+// false for anything else. Safe on any locked thread.
+func (e *ptraceEngine) resolveRegular(tid, dirfd int, name string, nofollow bool) (p string, size int64, ok bool) {
+	p, st, err := e.resolve(tid, dirfd, name, nofollow)
+	if err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return "", 0, false
+	}
+	return p, st.Size, true
+}
+
+func (e *ptraceEngine) resolve(tid, dirfd int, name string, nofollow bool) (string, *unix.Stat_t, error) {
 	full := procRelPath(tid, dirfd, name)
+	flags := unix.O_PATH | unix.O_CLOEXEC
+	if nofollow {
+		flags |= unix.O_NOFOLLOW
+	}
 	var fd int
 	err := e.asWorkload(func() (err error) {
-		fd, err = unix.Open(full, unix.O_PATH|unix.O_CLOEXEC, 0)
+		fd, err = unix.Open(full, flags, 0)
 		return err
 	})
 	if err != nil {
-		return ""
+		return "", nil, err
 	}
 	defer unix.Close(fd)
-	target, err := unix.Readlink("/proc/self/fd/"+strconv.Itoa(fd), e.linkBuf)
-	if err != nil {
-		return ""
+	st := new(unix.Stat_t)
+	if err := unix.Fstat(fd, st); err != nil {
+		return "", nil, err
 	}
-	return string(e.linkBuf[:target])
+	buf := make([]byte, unix.PathMax+64)
+	n, err := unix.Readlink("/proc/self/fd/"+strconv.Itoa(fd), buf)
+	if err != nil {
+		return "", nil, err
+	}
+	return string(buf[:n]), st, nil
 }
 
 // recordExec records what a successful exec made the kernel open: the
@@ -611,7 +688,7 @@ func (e *ptraceEngine) recordExec(pid int, named string) {
 
 // addPath records a resolved path of our root if it is a regular file.
 func (e *ptraceEngine) addPath(p string) {
-	if e.s.rec.has(p) || !recordable(p) {
+	if e.has(p) || !recordable(p) {
 		return
 	}
 	var st unix.Stat_t
@@ -620,17 +697,26 @@ func (e *ptraceEngine) addPath(p string) {
 	}
 }
 
+// memReader reads the memory of workload threads for one locked thread.
+type memReader struct {
+	buf []byte
+	// stopped: the threads read are in a ptrace stop, so PEEKDATA
+	// works; otherwise /proc/PID/mem is the fallback.
+	stopped bool
+	as      func(func() error) error
+}
+
 // readString reads a NUL-terminated string of at most PATH_MAX bytes from
 // the tracee. Reads stop at page boundaries, so an unmapped page after the
 // string does not fail them, and the first read is short since most paths
 // are.
-func (e *ptraceEngine) readString(tid int, addr uint64) (string, error) {
+func (m *memReader) readString(tid int, addr uint64) (string, error) {
 	const page = 4096
-	buf := e.strBuf
+	buf := m.buf
 	n := 0
 	for want := 256; n < len(buf); want = page {
 		chunk := min(want, page-int((addr+uint64(n))%page), len(buf)-n)
-		if err := e.readMem(tid, addr+uint64(n), buf[n:n+chunk]); err != nil {
+		if err := m.read(tid, addr+uint64(n), buf[n:n+chunk]); err != nil {
 			return "", err
 		}
 		if i := indexNUL(buf[n : n+chunk]); i >= 0 {
@@ -650,10 +736,11 @@ func indexNUL(b []byte) int {
 	return -1
 }
 
-// readMem reads tracee memory with process_vm_readv, falling back to
-// PTRACE_PEEKDATA where that is refused (it checks real credentials, which
-// differ from the workload's when it runs as another user).
-func (e *ptraceEngine) readMem(tid int, addr uint64, b []byte) error {
+// read reads tracee memory with process_vm_readv, falling back where that
+// is refused (it checks real credentials, which differ from the
+// workload's when it runs as another user) to PTRACE_PEEKDATA or
+// /proc/PID/mem, which check others.
+func (m *memReader) read(tid int, addr uint64, b []byte) error {
 	local := []unix.Iovec{{Base: &b[0]}}
 	local[0].SetLen(len(b))
 	remote := []unix.RemoteIovec{{Base: uintptr(addr), Len: len(b)}}
@@ -661,7 +748,19 @@ func (e *ptraceEngine) readMem(tid int, addr uint64, b []byte) error {
 	if err == nil && n == len(b) {
 		return nil
 	}
-	n, err = unix.PtracePeekData(tid, uintptr(addr), b)
+	if m.stopped {
+		n, err = unix.PtracePeekData(tid, uintptr(addr), b)
+	} else {
+		err = m.as(func() error {
+			fd, err := unix.Open("/proc/"+strconv.Itoa(tid)+"/mem", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			n, err = unix.Pread(fd, b, int64(addr))
+			return err
+		})
+	}
 	if err != nil {
 		return err
 	}

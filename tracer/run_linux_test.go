@@ -119,10 +119,18 @@ func (f *fixture) inFixture(res *Result) []string {
 	return out
 }
 
+// ptraceStops stands, in tests, for the ptrace mechanism stopping at every
+// open, as it does where the kernel grants no seccomp listener.
+const ptraceStops Mechanism = "ptrace-stops"
+
+// ptraceFloor stands, in benchmarks, for the ptrace mechanism whose
+// listener lets every call go on without looking at it.
+const ptraceFloor Mechanism = "ptrace-floor"
+
 // mechanisms returns the mechanisms this process may use; fanotify needs
 // CAP_SYS_ADMIN.
 func mechanisms(t *testing.T) []Mechanism {
-	m := []Mechanism{Ptrace}
+	m := []Mechanism{Ptrace, ptraceStops}
 	if w, err := openFanotify([]string{"/"}); err == nil {
 		w.close()
 		m = append(m, Fanotify)
@@ -130,6 +138,17 @@ func mechanisms(t *testing.T) []Mechanism {
 		t.Logf("fanotify tests skipped: %v", err)
 	}
 	return m
+}
+
+// flagMechanisms is mechanisms without ptraceStops, which has no flag.
+func flagMechanisms(t *testing.T) []Mechanism {
+	var out []Mechanism
+	for _, m := range mechanisms(t) {
+		if m != ptraceStops {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // eachMechanism runs test once per available mechanism.
@@ -144,6 +163,9 @@ func eachMechanism(t *testing.T, test func(t *testing.T, f *fixture, m Mechanism
 func trace(t *testing.T, f *fixture, m Mechanism, cfg Config) *Result {
 	t.Helper()
 	cfg.Mechanism = m
+	if m == ptraceStops {
+		cfg.Mechanism, cfg.ptraceStops = Ptrace, true
+	}
 	cfg.FanotifyPaths = []string{f.dir, "/"}
 	if cfg.Stderr == nil {
 		cfg.Stderr = &testWriter{t: t}
@@ -154,8 +176,8 @@ func trace(t *testing.T, f *fixture, m Mechanism, cfg Config) *Result {
 	if err != nil {
 		t.Fatalf("Run(%q): %v", cfg.Argv, err)
 	}
-	if res.Mechanism != m {
-		t.Errorf("Mechanism = %s, want %s", res.Mechanism, m)
+	if res.Mechanism != cfg.Mechanism {
+		t.Errorf("Mechanism = %s, want %s", res.Mechanism, cfg.Mechanism)
 	}
 	return res
 }
@@ -365,6 +387,22 @@ func TestTraceDirfdAndSymlinks(t *testing.T) {
 	})
 }
 
+// TestTraceAfterChroot: once the workload changes its root, names mean
+// other files to it than to the tracer; the file it read is recorded by
+// its path in the tracer's root.
+func TestTraceAfterChroot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chroot needs root")
+	}
+	eachMechanism(t, func(t *testing.T, f *fixture, m Mechanism) {
+		f.write(t, "jail/etc/conf.txt", "in the jail", 0o644)
+		f.write(t, "etc/conf.txt", "outside", 0o644)
+		res := trace(t, f, m, Config{Argv: []string{f.wl, "chroot", f.path("jail"), "/etc/conf.txt"}})
+		wantExactly(t, f, res, true, "wl", "jail/etc/conf.txt")
+		wantExited(t, res, 0)
+	})
+}
+
 func TestTraceIgnoresStatPathDirsAndMisses(t *testing.T) {
 	eachMechanism(t, func(t *testing.T, f *fixture, m Mechanism) {
 		res := trace(t, f, m, Config{Argv: []string{f.wl, "mix",
@@ -509,7 +547,11 @@ func TestRunMissingExecutable(t *testing.T) {
 	f := newFixture(t)
 	for _, argv0 := range []string{f.path("no-such-program"), "no-such-program-anywhere", "./nothing-here"} {
 		for _, m := range mechanisms(t) {
-			_, err := Run(context.Background(), Config{Argv: []string{argv0}, Dir: f.dir, Mechanism: m})
+			cfg := Config{Argv: []string{argv0}, Dir: f.dir, Mechanism: m}
+			if m == ptraceStops {
+				cfg.Mechanism, cfg.ptraceStops = Ptrace, true
+			}
+			_, err := Run(context.Background(), cfg)
 			if !errors.Is(err, ErrExecutableNotFound) || !strings.Contains(err.Error(), argv0) {
 				t.Errorf("%s: Run(%q) = %v, want ErrExecutableNotFound naming it", m, argv0, err)
 			}
@@ -544,10 +586,14 @@ func TestSeccompTableMatchesNative(t *testing.T) {
 			continue
 		}
 		for name, pair := range map[string][2]int{
-			"openat":   {tb.openat, unix.SYS_OPENAT},
-			"openat2":  {tb.openat2, unix.SYS_OPENAT2},
-			"execve":   {tb.execve, unix.SYS_EXECVE},
-			"execveat": {tb.execveat, unix.SYS_EXECVEAT},
+			"openat":     {tb.openat, unix.SYS_OPENAT},
+			"openat2":    {tb.openat2, unix.SYS_OPENAT2},
+			"execve":     {tb.execve, unix.SYS_EXECVE},
+			"execveat":   {tb.execveat, unix.SYS_EXECVEAT},
+			"chroot":     {tb.chroot, unix.SYS_CHROOT},
+			"pivot_root": {tb.pivotRoot, unix.SYS_PIVOT_ROOT},
+			"unshare":    {tb.unshare, unix.SYS_UNSHARE},
+			"setns":      {tb.setns, unix.SYS_SETNS},
 		} {
 			if pair[0] != pair[1] {
 				t.Errorf("%s: table %d, unix %d", name, pair[0], pair[1])

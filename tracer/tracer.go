@@ -35,8 +35,12 @@ const (
 	// Auto uses fanotify where fanotify can be set up (privileged), ptrace
 	// otherwise. It is the default.
 	Auto Mechanism = "auto"
-	// Ptrace traces the workload's open and exec system calls, stopping it
-	// only at those (a seccomp-bpf filter decides). It needs no privilege.
+	// Ptrace traces the workload's open and exec system calls, holding it
+	// only at those (a seccomp-bpf filter decides), and follows every
+	// process with ptrace. Opens go to a seccomp user-notification
+	// listener where the kernel grants one (Linux 5.0; woken on the
+	// workload's CPU from 6.6), and are ptrace stops otherwise. It needs
+	// no privilege.
 	Ptrace Mechanism = "ptrace"
 	// Fanotify watches the root filesystem for opens. It needs
 	// CAP_SYS_ADMIN and does not stop the workload.
@@ -100,6 +104,13 @@ type Config struct {
 	Stdin io.Reader
 	// Stdout and Stderr receive the workload's output; nil discards it.
 	Stdout, Stderr io.Writer
+
+	// ptraceStops makes the ptrace mechanism stop the workload at every
+	// open, as where the kernel grants no seccomp listener (tests).
+	ptraceStops bool
+	// notifyNothing makes the listener answer every call without
+	// recording it: the cost of the round trip alone (benchmarks).
+	notifyNothing bool
 }
 
 // StopReason says why tracing ended.
@@ -154,6 +165,10 @@ type Result struct {
 	Stop StopReason
 	// Duration is how long the workload ran.
 	Duration time.Duration
+	// SeccompListener is true when the ptrace mechanism got a seccomp
+	// user-notification listener, so opens held the workload only for a
+	// round trip to a waiting thread instead of stopping it for ptrace.
+	SeccompListener bool
 	// Warnings report conditions worth a look that did not stop tracing:
 	// a workload that failed or crashed, events that may have been lost.
 	Warnings []string
@@ -192,11 +207,16 @@ func (r *recorder) has(p string) bool {
 
 // add records p unless it was recorded before or is no image content.
 func (r *recorder) add(p string, size int64) {
+	r.addAt(p, size, time.Since(r.start))
+}
+
+// addAt is add for an access made at a known time since the start.
+func (r *recorder) addAt(p string, size int64, at time.Duration) {
 	if r.has(p) || !recordable(p) {
 		return
 	}
 	r.seen[p] = struct{}{}
-	r.files = append(r.files, File{Path: p, FirstAccess: time.Since(r.start), Size: size})
+	r.files = append(r.files, File{Path: p, FirstAccess: at, Size: size})
 }
 
 // recordable reports whether a resolved path can be image content. The

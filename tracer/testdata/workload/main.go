@@ -45,6 +45,11 @@ func main() {
 		for _, f := range args {
 			run(exec.Command(os.Args[0], "read", f))
 		}
+	case "chroot": // chroot DIR FILE: read FILE below the new root DIR
+		if err := syscall.Chroot(args[0]); err != nil {
+			fail(err)
+		}
+		read(args[1])
 	case "dirfd": // openat(dirfd, name)
 		dfd, err := syscall.Open(args[0], syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
 		if err != nil {
