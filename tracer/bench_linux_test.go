@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -68,7 +69,64 @@ func benchmarkWorkload(b *testing.B, wantFiles int, mode string, args ...string)
 		b.Fatal("no benchmark files")
 	}
 	argv := append([]string{wl, mode, benchDir}, args...)
+	benchmarkMechanisms(b, argv, benchDir, func(res *Result) error {
+		// fanotify may also see unrelated short-lived processes of a
+		// busy host: count ours only.
+		n := 0
+		for _, f := range res.Files {
+			if strings.HasPrefix(f.Path, benchDir+"/") {
+				n++
+			}
+		}
+		if n != wantFiles {
+			return fmt.Errorf("recorded %d files, want %d", n, wantFiles)
+		}
+		return nil
+	})
+}
 
+// BenchmarkReadTree10000 reads 10,000 source files of the Go tree whole,
+// at their real sizes (about 10 KiB on average), as a workload reading
+// its own files does; the same walk untraced and traced.
+func BenchmarkReadTree10000(b *testing.B) {
+	src := filepath.Join(runtime.GOROOT(), "src")
+	wl := workloadBinary(b)
+	benchmarkMechanisms(b, []string{wl, "tree", src, "10000"}, src, func(res *Result) error {
+		n := 0
+		for _, f := range res.Files {
+			if strings.HasPrefix(f.Path, src+"/") {
+				n++
+			}
+		}
+		if n != 10000 {
+			return fmt.Errorf("recorded %d files, want 10000", n)
+		}
+		return nil
+	})
+}
+
+// BenchmarkPythonImports is a real start-up: Debian's python3 importing
+// the modules of the start-up benchmark's workload (about 200 files read,
+// many more names looked up), bytecode not written so runs stay alike.
+func BenchmarkPythonImports(b *testing.B) {
+	const python = "/usr/bin/python3"
+	if _, err := os.Stat(python); err != nil {
+		b.Skipf("no %s", python)
+	}
+	argv := []string{python, "-B", "-c", "import json, http.server, email.mime.text, sqlite3"}
+	benchmarkMechanisms(b, argv, "/", func(res *Result) error {
+		for _, f := range res.Files {
+			if strings.Contains(f.Path, "/json/") {
+				return nil
+			}
+		}
+		return fmt.Errorf("nothing of json among %d recorded files", len(res.Files))
+	})
+}
+
+// benchmarkMechanisms runs argv untraced and under each mechanism; check
+// looks at each traced result. fanotify marks the filesystem of dir.
+func benchmarkMechanisms(b *testing.B, argv []string, dir string, check func(*Result) error) {
 	b.Run("untraced", func(b *testing.B) {
 		for b.Loop() {
 			if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
@@ -79,14 +137,14 @@ func benchmarkWorkload(b *testing.B, wantFiles int, mode string, args ...string)
 	for _, m := range []Mechanism{Ptrace, ptraceStops, ptraceFloor, Fanotify} {
 		b.Run(string(m), func(b *testing.B) {
 			if m == Fanotify {
-				w, err := openFanotify([]string{benchDir})
+				w, err := openFanotify([]string{dir})
 				if err != nil {
 					b.Skipf("fanotify not available: %v", err)
 				}
 				w.close()
 			}
 			for b.Loop() {
-				cfg := Config{Argv: argv, Mechanism: m, FanotifyPaths: []string{benchDir}}
+				cfg := Config{Argv: argv, Mechanism: m, FanotifyPaths: []string{dir}}
 				switch m {
 				case ptraceStops:
 					cfg.Mechanism, cfg.ptraceStops = Ptrace, true
@@ -103,16 +161,11 @@ func benchmarkWorkload(b *testing.B, wantFiles int, mode string, args ...string)
 					}
 					continue
 				}
-				// fanotify may also see unrelated short-lived
-				// processes of a busy host: count ours only.
-				n := 0
-				for _, f := range res.Files {
-					if strings.HasPrefix(f.Path, benchDir+"/") {
-						n++
-					}
+				if res.Stop != StopExited || res.Exit.Code != 0 {
+					b.Fatalf("stop %s, %v", res.Stop, res.Exit)
 				}
-				if n != wantFiles || res.Stop != StopExited || res.Exit.Code != 0 {
-					b.Fatalf("recorded %d files (want %d), stop %s, %v", n, wantFiles, res.Stop, res.Exit)
+				if err := check(res); err != nil {
+					b.Fatal(err)
 				}
 			}
 		})

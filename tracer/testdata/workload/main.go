@@ -160,6 +160,24 @@ func main() {
 			f.Read(buf)
 			f.Close()
 		}
+	case "tree": // tree DIR N: read the first N regular files below DIR whole
+		n, _ := strconv.Atoi(args[1])
+		err := filepath.WalkDir(args[0], func(p string, d os.DirEntry, err error) error {
+			if err != nil || n == 0 {
+				return err
+			}
+			if d.Type().IsRegular() {
+				read(p)
+				n--
+			}
+			return nil
+		})
+		if err != nil {
+			fail(err)
+		}
+		if n > 0 {
+			fail(fmt.Errorf("%d files short", n))
+		}
 	case "missing": // missing DIR N: try to open N names that do not exist
 		n, _ := strconv.Atoi(args[1])
 		for i := range n {
