@@ -49,6 +49,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -70,6 +71,8 @@ type options struct {
 	backgroundFetch bool
 	rebuild         bool
 	verbose         bool
+	// images and forms, when not empty, name the only ones to run.
+	images, forms []string
 }
 
 func main() {
@@ -91,6 +94,19 @@ func mainErr(args []string) error {
 	fl.BoolVar(&o.backgroundFetch, "background-fetch", true, "stargz snapshotter background fetch of whole layers (stargazerd's default is on)")
 	fl.BoolVar(&o.rebuild, "rebuild", false, "Publish the image forms again instead of reusing the cached registry")
 	fl.BoolVar(&o.verbose, "v", false, "Log each run")
+	fl.Func("image", "Run only this image (repeat or comma-separate for more)", func(v string) error {
+		o.images = append(o.images, strings.Split(v, ",")...)
+		return nil
+	})
+	fl.Func("form", "Run only this form: legacy, estargz, estargz-opt, zstdchunked-opt (repeat or comma-separate for more)", func(v string) error {
+		for _, f := range strings.Split(v, ",") {
+			if !slices.ContainsFunc(forms, func(x form) bool { return x.name == f }) {
+				return fmt.Errorf("unknown form %q", f)
+			}
+			o.forms = append(o.forms, f)
+		}
+		return nil
+	})
 	if err := fl.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -176,6 +192,9 @@ func bench(o options) error {
 			testutil.WithBandwidth(o.bandwidth), testutil.WithLatency(o.latency))
 		noop, noopSize = noopBaseline(t, log, o)
 		for _, img := range images {
+			if len(o.images) > 0 && !slices.Contains(o.images, img.name) {
+				continue
+			}
 			p := cat.Images[img.name]
 			// Round trips a start cannot avoid: the manifest (HEAD and
 			// GET), the config, and one request per layer.
@@ -185,6 +204,9 @@ func bench(o options) error {
 				Time: time.Duration(float64(p.ReadBytes)/float64(o.bandwidth)*float64(time.Second)) + time.Duration(trips)*o.latency,
 			})
 			for _, f := range forms {
+				if len(o.forms) > 0 && !slices.Contains(o.forms, f.name) {
+					continue
+				}
 				row := report.Row{Image: img.name, Form: f.name, ImageBytes: p.FormBytes[f.name]}
 				for i := 0; i < o.runs && !interrupted.Load(); i++ {
 					s, err := coldBuild(log, reg, reg.Ref(p.Forms[f.name]), img.argv, f.snapshotter, o.backgroundFetch)

@@ -122,10 +122,21 @@ func newSnapshotterFactory(name, root string, stargzCfg map[string]any, hosts do
 	return f, nil
 }
 
+// defaultPrefetchAsyncSize is stargazerd's prefetch_async_size where the
+// configuration sets none: a container whose layers prefetch more than this
+// starts while the prefetch is still downloading, instead of after the
+// download and its decompression. Its first reads fetch what the prefetch
+// has not brought yet (a few more requests and bytes), and the download,
+// the decompression and the workload overlap. On the start-up benchmark's
+// python3 image (9.8 MB prefetched, 100 Mbit/s, 20 ms) that is 1.68 s
+// ready instead of 2.07 s. The stargz snapshotter's own default, 0, always
+// waits; set it to 0 to get that back.
+const defaultPrefetchAsyncSize = 1 << 20
+
 // stargzConfig turns the [worker.oci.stargzSnapshotter] table, which
 // BuildKit's config keeps untyped, into the snapshotter's own config.
 func stargzConfig(table map[string]any) (sgzconf.Config, error) {
-	var cfg sgzconf.Config
+	cfg := sgzconf.Config{PrefetchAsyncSize: defaultPrefetchAsyncSize}
 	if len(table) == 0 {
 		return cfg, nil
 	}
