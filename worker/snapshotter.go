@@ -165,7 +165,7 @@ func newStargzSnapshotter(root string, cfg sgzconf.Config, hosts docker.Registry
 		return nil, err
 	}
 	fs, err := sgzfs.NewFilesystem(filepath.Join(root, "stargz"), cfg,
-		sgzfs.WithGetSources(sessionSources(hosts, sm)),
+		sgzfs.WithGetSources(sessionSources(sharedRanges(hosts), sm)),
 		sgzfs.WithMetricsLogLevel(logrus.DebugLevel),
 		sgzfs.WithOverlayOpaqueType(opaque),
 	)
@@ -182,6 +182,29 @@ func newStargzSnapshotter(root string, cfg sgzconf.Config, hosts docker.Registry
 		return nil, fmt.Errorf("start stargz snapshotter: %w", err)
 	}
 	return sn, nil
+}
+
+// sharedRanges gives every registry host hosts returns a transport that
+// lets range requests share a range in flight (see rangeShare). The stargz
+// filesystem resolves hosts once per layer, so the requests of one layer
+// share with each other only.
+func sharedRanges(hosts docker.RegistryHosts) docker.RegistryHosts {
+	return func(host string) ([]docker.RegistryHost, error) {
+		list, err := hosts(host)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]docker.RegistryHost, len(list))
+		for i, h := range list {
+			if h.Client != nil {
+				c := *h.Client
+				c.Transport = newRangeShare(c.Transport)
+				h.Client = &c
+			}
+			out[i] = h
+		}
+		return out, nil
+	}
 }
 
 // sessionSources tells the stargz filesystem where a layer lives and how to

@@ -1,0 +1,224 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// blobServer serves one blob with Range support and logs the Range header
+// of every request.
+type blobServer struct {
+	*httptest.Server
+	blob   []byte
+	mu     sync.Mutex
+	ranges []string
+}
+
+func newBlobServer(t *testing.T, size int) *blobServer {
+	s := &blobServer{blob: make([]byte, size)}
+	rand.Read(s.blob)
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		s.ranges = append(s.ranges, r.Header.Get("Range"))
+		s.mu.Unlock()
+		http.ServeContent(w, r, "blob", time.Time{}, bytes.NewReader(s.blob))
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func (s *blobServer) requests() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.ranges...)
+}
+
+func (s *blobServer) get(t *testing.T, rt http.RoundTripper, ctx context.Context, rng, auth string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.URL+"/v2/x/blobs/sha256:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Range", rng)
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	res, err := rt.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// readAsync reads a body to its end in the background.
+func readAsync(res *http.Response) <-chan []byte {
+	ch := make(chan []byte, 1)
+	go func() {
+		b, err := io.ReadAll(res.Body)
+		res.Body.Close()
+		if err != nil {
+			b = append([]byte("error: "), err.Error()...)
+		}
+		ch <- b
+	}()
+	return ch
+}
+
+func TestRangeShareServesFromFlight(t *testing.T) {
+	s := newBlobServer(t, 1<<20)
+	rt := newRangeShare(http.DefaultTransport)
+	ctx := context.Background()
+
+	lead := s.get(t, rt, ctx, "bytes=0-1048575", "Bearer a")
+	head := make([]byte, 100<<10)
+	if _, err := io.ReadFull(lead.Body, head); err != nil {
+		t.Fatal(err)
+	}
+	// Inside the flight and just ahead of it: waits for the stream.
+	follower := s.get(t, rt, ctx, "bytes=200000-300000", "Bearer a")
+	if follower.StatusCode != http.StatusPartialContent || follower.Header.Get("Content-Range") != "bytes 200000-300000/1048576" ||
+		follower.ContentLength != 100001 || follower.Header.Get("Content-Type") == "" {
+		t.Fatalf("follower answered %s, Content-Range %q, length %d, type %q", follower.Status,
+			follower.Header.Get("Content-Range"), follower.ContentLength, follower.Header.Get("Content-Type"))
+	}
+	// Behind what the flight has delivered but still kept: answered at once.
+	early := s.get(t, rt, ctx, "bytes=1000-1999", "Bearer a")
+	gotEarly, _ := io.ReadAll(early.Body)
+	if !bytes.Equal(gotEarly, s.blob[1000:2000]) {
+		t.Error("bytes 1000-1999 differ")
+	}
+	got := readAsync(follower)
+	select {
+	case <-got:
+		t.Fatal("follower finished before the stream reached its bytes")
+	case <-time.After(50 * time.Millisecond):
+	}
+	rest, err := io.ReadAll(lead.Body)
+	lead.Body.Close()
+	if err != nil || !bytes.Equal(append(head, rest...), s.blob) {
+		t.Fatalf("lead body: %v, %d bytes", err, len(head)+len(rest))
+	}
+	if b := <-got; !bytes.Equal(b, s.blob[200000:300001]) {
+		t.Fatalf("follower got %d bytes, not the blob's 200000-300000", len(b))
+	}
+	if reqs := s.requests(); len(reqs) != 1 {
+		t.Errorf("registry saw %q, want the one range", reqs)
+	}
+}
+
+func TestRangeShareKeepsApart(t *testing.T) {
+	s := newBlobServer(t, 10<<20)
+	rt := newRangeShare(http.DefaultTransport)
+	ctx := context.Background()
+	lead := s.get(t, rt, ctx, "bytes=0-10485759", "Bearer a")
+	defer lead.Body.Close()
+
+	for _, tt := range []struct{ name, rng, auth string }{
+		{"other credentials", "bytes=100-199", "Bearer b"},
+		{"no credentials", "bytes=100-199", ""},
+		{"past the flight", "bytes=10485000-10485760", "Bearer a"},
+		{"too far ahead", "bytes=9000000-9000099", "Bearer a"},
+		{"several ranges", "bytes=100-199,300-399", "Bearer a"},
+	} {
+		before := len(s.requests())
+		res := s.get(t, rt, ctx, tt.rng, tt.auth)
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if n := len(s.requests()) - before; n != 1 {
+			t.Errorf("%s: %d requests reached the registry, want 1", tt.name, n)
+		}
+	}
+}
+
+func TestRangeShareFlightEndsEarly(t *testing.T) {
+	s := newBlobServer(t, 1<<20)
+	rt := newRangeShare(http.DefaultTransport)
+	ctx := context.Background()
+	lead := s.get(t, rt, ctx, "bytes=0-1048575", "")
+	if _, err := io.ReadFull(lead.Body, make([]byte, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	follower := s.get(t, rt, ctx, "bytes=500000-599999", "")
+	got := readAsync(follower)
+	// The requester gives up: the follower fetches its bytes itself.
+	lead.Body.Close()
+	if b := <-got; !bytes.Equal(b, s.blob[500000:600000]) {
+		t.Fatalf("follower got %q..., not the blob's 500000-599999", b[:min(len(b), 40)])
+	}
+	reqs := s.requests()
+	if len(reqs) != 2 || reqs[1] != "bytes=500000-599999" {
+		t.Errorf("registry saw %q, want the flight and the follower's own request", reqs)
+	}
+}
+
+func TestRangeShareFollowerCanceled(t *testing.T) {
+	s := newBlobServer(t, 1<<20)
+	rt := newRangeShare(http.DefaultTransport)
+	lead := s.get(t, rt, context.Background(), "bytes=0-1048575", "")
+	defer lead.Body.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	follower := s.get(t, rt, ctx, "bytes=900000-900099", "")
+	got := readAsync(follower)
+	cancel()
+	if b := string(<-got); !strings.Contains(b, context.Canceled.Error()) {
+		t.Fatalf("canceled follower read %q, want the cancellation", b)
+	}
+}
+
+func TestRangeShareFailedFollowUp(t *testing.T) {
+	s := newBlobServer(t, 1<<20)
+	fail := false
+	var mu sync.Mutex
+	inner := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if fail {
+			return nil, errors.New("registry unreachable")
+		}
+		return http.DefaultTransport.RoundTrip(req)
+	})
+	rt := newRangeShare(inner)
+	lead := s.get(t, rt, context.Background(), "bytes=0-1048575", "")
+	follower := s.get(t, rt, context.Background(), "bytes=700000-700099", "")
+	mu.Lock()
+	fail = true
+	mu.Unlock()
+	lead.Body.Close()
+	if b := string(<-readAsync(follower)); !strings.Contains(b, "registry unreachable") {
+		t.Fatalf("follower read %q, want the registry's failure", b)
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+func TestContentRange(t *testing.T) {
+	for _, tt := range []struct {
+		h     string
+		a, b  int64
+		total string
+		ok    bool
+	}{
+		{"bytes 0-99/1000", 0, 99, "1000", true},
+		{"bytes 5-5/*", 5, 5, "*", true},
+		{"bytes 9-5/10", 0, 0, "", false},
+		{"bytes 0-99", 0, 0, "", false},
+		{"items 0-1/2", 0, 0, "", false},
+		{"bytes a-b/3", 0, 0, "", false},
+	} {
+		a, b, total, ok := contentRange(tt.h)
+		if ok != tt.ok || (ok && (a != tt.a || b != tt.b || total != tt.total)) {
+			t.Errorf("contentRange(%q) = %d, %d, %q, %v", tt.h, a, b, total, ok)
+		}
+	}
+}
