@@ -73,6 +73,8 @@ type options struct {
 	verbose         bool
 	// images and forms, when not empty, name the only ones to run.
 	images, forms []string
+	// daemonConfig is TOML added to every daemon's configuration.
+	daemonConfig string
 }
 
 func main() {
@@ -94,6 +96,11 @@ func mainErr(args []string) error {
 	fl.BoolVar(&o.backgroundFetch, "background-fetch", true, "stargz snapshotter background fetch of whole layers (stargazerd's default is on)")
 	fl.BoolVar(&o.rebuild, "rebuild", false, "Publish the image forms again instead of reusing the cached registry")
 	fl.BoolVar(&o.verbose, "v", false, "Log each run")
+	fl.Func("daemon-config", "Add the TOML in FILE to every daemon's configuration (e.g. [worker.oci.stargzSnapshotter.fuse])", func(v string) error {
+		b, err := os.ReadFile(v)
+		o.daemonConfig = string(b)
+		return err
+	})
 	fl.Func("image", "Run only this image (repeat or comma-separate for more)", func(v string) error {
 		o.images = append(o.images, strings.Split(v, ",")...)
 		return nil
@@ -209,7 +216,7 @@ func bench(o options) error {
 				}
 				row := report.Row{Image: img.name, Form: f.name, ImageBytes: p.FormBytes[f.name]}
 				for i := 0; i < o.runs && !interrupted.Load(); i++ {
-					s, err := coldBuild(log, reg, reg.Ref(p.Forms[f.name]), img.argv, f.snapshotter, o.backgroundFetch)
+					s, err := coldBuild(log, reg, reg.Ref(p.Forms[f.name]), img.argv, f.snapshotter, o.backgroundFetch, o.daemonConfig)
 					if err != nil {
 						row.Err = err.Error()
 						fmt.Fprintf(os.Stderr, "%s: %v\n", describe(img.name, f.name, i, o.runs), err)
@@ -299,7 +306,7 @@ func noopBaseline(t *scope, log io.Writer, o options) (out []time.Duration, size
 		size += l.Size
 	}
 	for i := 0; i < o.runs; i++ {
-		s, err := coldBuild(log, reg, img.Ref, []string{"/bin/sh", "-c", "echo " + readyLine}, "overlayfs", o.backgroundFetch)
+		s, err := coldBuild(log, reg, img.Ref, []string{"/bin/sh", "-c", "echo " + readyLine}, "overlayfs", o.backgroundFetch, o.daemonConfig)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "%s: %v\n", describe("no-op", "legacy", i, o.runs), err)
 			continue

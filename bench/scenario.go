@@ -35,7 +35,7 @@ type sample struct {
 
 // coldBuild starts a daemon on a fresh root, builds FROM ref + RUN argv on
 // it and stops it.
-func coldBuild(log io.Writer, reg *testutil.Registry, ref string, argv []string, snapshotter string, backgroundFetch bool) (sample, error) {
+func coldBuild(log io.Writer, reg *testutil.Registry, ref string, argv []string, snapshotter string, backgroundFetch bool, daemonConfig string) (sample, error) {
 	var s sample
 	err := run("cold build "+ref, log, func(t *scope) {
 		cmd, err := json.Marshal(argv)
@@ -44,7 +44,7 @@ func coldBuild(log io.Writer, reg *testutil.Registry, ref string, argv []string,
 		}
 		ctxDir := testutil.BuildContext(t, map[string]string{"Dockerfile": "FROM " + ref + "\nRUN " + string(cmd) + "\n"})
 		d := testutil.StartDaemon(t, testutil.WithSnapshotter(snapshotter), testutil.WithPlainHTTPRegistry(reg.Host()),
-			testutil.WithBackgroundFetch(backgroundFetch), testutil.WithPrefetch(true))
+			testutil.WithBackgroundFetch(backgroundFetch), testutil.WithPrefetch(true), testutil.WithDaemonConfig(daemonConfig))
 		w := &readyWatcher{reg: reg}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		defer cancel()

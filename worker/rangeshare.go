@@ -24,11 +24,24 @@ import (
 // what has arrived: further ahead, a request of its own is quicker. A
 // request that finds the stream failing or ending early fetches the rest
 // itself.
+//
+// It also answers a HEAD of a blob whose size an earlier range response
+// told (Content-Range "bytes a-b/size") with that size: the snapshotter
+// asks for it right after its first range request, one round trip for
+// nothing.
 type rangeShare struct {
 	inner http.RoundTripper
 	mu    sync.Mutex
 	// flights are the ranges in flight, by key.
 	flights map[string][]*rangeFlight
+	// sizes are the blob sizes range responses told, by key.
+	sizes map[string]blobSize
+}
+
+// blobSize is a blob's size with the headers of the response that told it.
+type blobSize struct {
+	size   int64
+	header http.Header
 }
 
 // shareAhead is how far past the bytes a stream has delivered a request
@@ -44,7 +57,7 @@ func newRangeShare(inner http.RoundTripper) *rangeShare {
 	if inner == nil {
 		inner = http.DefaultTransport
 	}
-	return &rangeShare{inner: inner, flights: make(map[string][]*rangeFlight)}
+	return &rangeShare{inner: inner, flights: make(map[string][]*rangeFlight), sizes: make(map[string]blobSize)}
 }
 
 // rangeFlight is one range response being read by its requester.
@@ -65,11 +78,19 @@ type rangeFlight struct {
 func (f *rangeFlight) head() int64 { return f.bufStart + int64(len(f.buf)) }
 
 func (t *rangeShare) RoundTrip(req *http.Request) (*http.Response, error) {
+	key := req.URL.String() + "\x00" + req.Header.Get("Authorization")
+	if req.Method == http.MethodHead && req.Header.Get("Range") == "" {
+		t.mu.Lock()
+		known, ok := t.sizes[key]
+		t.mu.Unlock()
+		if ok {
+			return t.head(req, known), nil
+		}
+	}
 	a, b, ok := singleRange(req)
 	if req.Method != http.MethodGet || !ok {
 		return t.inner.RoundTrip(req)
 	}
-	key := req.URL.String() + "\x00" + req.Header.Get("Authorization")
 
 	t.mu.Lock()
 	for _, f := range t.flights[key] {
@@ -87,7 +108,13 @@ func (t *rangeShare) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil || res.StatusCode != http.StatusPartialContent {
 		return res, err
 	}
-	if ra, rb, _, ok := contentRange(res.Header.Get("Content-Range")); !ok || ra != a || rb != b {
+	ra, rb, total, ok := contentRange(res.Header.Get("Content-Range"))
+	if size, err := strconv.ParseInt(total, 10, 64); ok && err == nil {
+		t.mu.Lock()
+		t.sizes[key] = blobSize{size: size, header: res.Header.Clone()}
+		t.mu.Unlock()
+	}
+	if !ok || ra != a || rb != b {
 		return res, nil
 	}
 	f := &rangeFlight{start: a, end: b, header: res.Header.Clone(), proto: res.Proto, bufStart: a, changed: make(chan struct{})}
@@ -111,6 +138,24 @@ func (t *rangeShare) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}}
 	return res, nil
+}
+
+// head answers a HEAD of a blob of known size.
+func (t *rangeShare) head(req *http.Request, known blobSize) *http.Response {
+	h := known.header.Clone()
+	h.Del("Content-Range")
+	h.Set("Content-Length", strconv.FormatInt(known.size, 10))
+	return &http.Response{
+		Status:        "200 OK",
+		StatusCode:    http.StatusOK,
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        h,
+		ContentLength: known.size,
+		Body:          http.NoBody,
+		Request:       req,
+	}
 }
 
 // follow answers req, for bytes [a, b], from flight f.

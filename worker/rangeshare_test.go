@@ -198,6 +198,45 @@ func TestRangeShareFailedFollowUp(t *testing.T) {
 	}
 }
 
+func TestRangeShareHeadOfKnownSize(t *testing.T) {
+	s := newBlobServer(t, 12345)
+	rt := newRangeShare(http.DefaultTransport)
+	head := func(auth string) *http.Response {
+		req, err := http.NewRequest(http.MethodHead, s.URL+"/v2/x/blobs/sha256:0", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		res, err := rt.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		return res
+	}
+	// Nothing known yet: the registry answers.
+	if res := head("Bearer a"); res.StatusCode != http.StatusOK || res.Header.Get("Content-Length") != "12345" {
+		t.Fatalf("HEAD: %s, Content-Length %q", res.Status, res.Header.Get("Content-Length"))
+	}
+	res := s.get(t, rt, context.Background(), "bytes=0-1", "Bearer a")
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	before := len(s.requests())
+	if res := head("Bearer a"); res.StatusCode != http.StatusOK || res.Header.Get("Content-Length") != "12345" || res.Header.Get("Content-Range") != "" {
+		t.Fatalf("HEAD after a range: %s, Content-Length %q, Content-Range %q", res.Status, res.Header.Get("Content-Length"), res.Header.Get("Content-Range"))
+	}
+	if n := len(s.requests()) - before; n != 0 {
+		t.Errorf("HEAD of a known size reached the registry (%d requests)", n)
+	}
+	// Other credentials learn nothing from ours.
+	head("Bearer b")
+	if n := len(s.requests()) - before; n != 1 {
+		t.Errorf("HEAD with other credentials: %d requests reached the registry, want 1", n)
+	}
+}
+
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
