@@ -95,7 +95,7 @@ func mainErr(args []string) error {
 	fl.DurationVar(&o.latency, "latency", 20*time.Millisecond, "Registry latency added to every request")
 	fl.BoolVar(&o.backgroundFetch, "background-fetch", true, "stargz snapshotter background fetch of whole layers (stargazerd's default is on)")
 	fl.BoolVar(&o.rebuild, "rebuild", false, "Publish the image forms again instead of reusing the cached registry")
-	fl.BoolVar(&o.verbose, "v", false, "Log each run")
+	fl.BoolVar(&o.verbose, "v", false, "Log each run, with its registry requests and their times")
 	fl.Func("daemon-config", "Add the TOML in FILE to every daemon's configuration (e.g. [worker.oci.stargzSnapshotter.fuse])", func(v string) error {
 		b, err := os.ReadFile(v)
 		o.daemonConfig = string(b)

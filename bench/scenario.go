@@ -69,8 +69,30 @@ func coldBuild(log io.Writer, reg *testutil.Registry, ref string, argv []string,
 		}
 		s.Ready = w.at.Sub(start)
 		s.ReadyBytes, s.ReadyRequests = w.stats.Bytes, w.stats.Requests
+		if log != io.Discard {
+			writeTimeline(log, reg.Requests(), start, s.Ready)
+		}
 	})
 	return s, err
+}
+
+// writeTimeline logs a run's registry requests with when each arrived and
+// was answered, relative to the build's start, and the readiness.
+func writeTimeline(w io.Writer, reqs []testutil.Request, start time.Time, ready time.Duration) {
+	ms := func(t time.Time) int64 {
+		if t.IsZero() {
+			return -1
+		}
+		return t.Sub(start).Milliseconds()
+	}
+	for _, r := range reqs {
+		what := r.Path
+		if r.Digest != "" {
+			what = "blob " + r.Digest.Encoded()[:12]
+		}
+		fmt.Fprintf(w, "  %5d-%5d ms  %-4s %s %s  %d, %d bytes\n", ms(r.Arrived), ms(r.Done), r.Method, what, r.Range, r.Status, r.Bytes)
+	}
+	fmt.Fprintf(w, "  %5d ms ready\n", ready.Milliseconds())
 }
 
 // readyWatcher reads BuildKit's rawjson progress and notes the daemon's

@@ -266,6 +266,9 @@ type Request struct {
 	Bytes int64
 	// Fault describes the fault injected, empty when none.
 	Fault string
+	// Arrived and Done are when the request arrived and when its answer
+	// was written (zero while unanswered), for timelines.
+	Arrived, Done time.Time
 }
 
 // epoch holds the counters between two Resets. Requests in flight during a
@@ -437,7 +440,7 @@ func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	ep := r.cur
 	faults := r.faults
 	latency := r.latency
-	entry := &Request{Method: req.Method, Path: req.URL.Path, Range: rangeHeader, Digest: d}
+	entry := &Request{Method: req.Method, Path: req.URL.Path, Range: rangeHeader, Digest: d, Arrived: time.Now()}
 	ep.requests = append(ep.requests, entry)
 	ep.totals.Requests++
 	var bs *BlobStats
@@ -501,6 +504,7 @@ func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 	r.app.ServeHTTP(cw, req)
 	r.mu.Lock()
+	entry.Done = time.Now()
 	if entry.Status == 0 && !cw.cut {
 		// net/http answers 200 for a handler that wrote nothing.
 		entry.Status = http.StatusOK
@@ -610,6 +614,13 @@ func (w *countingWriter) Flush() {
 // Unwrap gives http.ResponseController the underlying writer.
 func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
+// linkSlack is how far behind its schedule the link may fall and still make
+// the time up. A sender the scheduler wakes late on a busy machine would
+// otherwise lose that time for good, and the link would carry less than its
+// bandwidth while data waits to be sent: a real link's queue keeps sending
+// meanwhile. A longer idle time is not banked.
+const linkSlack = 5 * time.Millisecond
+
 // link paces bytes like one shared link of a fixed bandwidth.
 type link struct {
 	bytesPerSecond int64
@@ -618,15 +629,21 @@ type link struct {
 }
 
 func (l *link) wait(n int64) {
+	time.Sleep(time.Until(l.reserve(time.Now(), n)))
+}
+
+// reserve books n bytes on the link at now and returns when they are sent.
+func (l *link) reserve(now time.Time, n int64) time.Time {
 	l.mu.Lock()
-	now := time.Now()
-	if l.free.Before(now) {
+	defer l.mu.Unlock()
+	// A sender woken late by less than linkSlack finds free in the past:
+	// the link kept sending meanwhile, so the schedule stands. A longer
+	// gap is idle time, and nothing is banked.
+	if l.free.Before(now.Add(-linkSlack)) {
 		l.free = now
 	}
 	l.free = l.free.Add(time.Duration(n * int64(time.Second) / l.bytesPerSecond))
-	until := l.free
-	l.mu.Unlock()
-	time.Sleep(time.Until(until))
+	return l.free
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {

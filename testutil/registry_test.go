@@ -537,3 +537,26 @@ func TestBlobDigest(t *testing.T) {
 		}
 	}
 }
+
+func TestLinkSchedule(t *testing.T) {
+	l := &link{bytesPerSecond: 1 << 20} // 1 MiB/s: 1 KiB takes about 1ms
+	kib := time.Second / 1024
+	t0 := time.Unix(1000, 0)
+	if got := l.reserve(t0, 1024); !got.Equal(t0.Add(kib)) {
+		t.Fatalf("first KiB sent at +%v, want +%v", got.Sub(t0), kib)
+	}
+	// Booked back to back: the link is busy until the first is sent.
+	if got := l.reserve(t0, 1024); !got.Equal(t0.Add(2 * kib)) {
+		t.Fatalf("second KiB sent at +%v, want +%v", got.Sub(t0), 2*kib)
+	}
+	// The sender comes back 3ms late: the link made that time up.
+	late := t0.Add(2*kib + 3*time.Millisecond)
+	if got := l.reserve(late, 1024); !got.Equal(t0.Add(3 * kib)) {
+		t.Fatalf("KiB booked 3ms late sent at +%v, want +%v", got.Sub(t0), 3*kib)
+	}
+	// After an idle time longer than linkSlack nothing is made up.
+	idle := t0.Add(time.Second)
+	if got := l.reserve(idle, 1024); !got.Equal(idle.Add(kib)) {
+		t.Fatalf("KiB after idling sent at +%v, want +%v", got.Sub(idle), kib)
+	}
+}
