@@ -6,7 +6,9 @@ import (
 	"encoding/binary"
 	"path"
 	"runtime"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -139,6 +141,12 @@ func (k *recordSink) resolve(a access) {
 	if _, ok := k.names[a.name]; ok {
 		return
 	}
+	if strings.HasSuffix(a.name, "/") || slices.Contains(strings.Split(a.name, "/"), "..") {
+		// ".." after a symlink, or a name that must be a directory:
+		// only the kernel resolves these right.
+		k.resolveWhole(a)
+		return
+	}
 	name := path.Clean(a.name)
 	dir, base := path.Split(name)
 	if base == "" || base == ".." {
@@ -170,6 +178,32 @@ func (k *recordSink) resolve(a access) {
 	}
 	if st.Mode&unix.S_IFMT == unix.S_IFREG && !k.rec.has(full) {
 		k.rec.addAt(full, st.Size, a.at)
+	}
+}
+
+// resolveWhole records the regular file a name reached, resolved by the
+// kernel in one go.
+func (k *recordSink) resolveWhole(a access) {
+	flags := unix.O_PATH | unix.O_CLOEXEC
+	if a.nofollow {
+		flags |= unix.O_NOFOLLOW
+	}
+	fd, err := unix.Open(a.name, flags, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(fd)
+	k.names[a.name] = struct{}{}
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return
+	}
+	n, err := unix.Readlink("/proc/self/fd/"+strconv.Itoa(fd), k.linkBuf)
+	if err != nil {
+		return
+	}
+	if p := string(k.linkBuf[:n]); !k.rec.has(p) {
+		k.rec.addAt(p, st.Size, a.at)
 	}
 }
 

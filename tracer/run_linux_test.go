@@ -367,6 +367,17 @@ func TestTraceDirfdAndSymlinks(t *testing.T) {
 		res = trace(t, f, m, Config{Argv: []string{"./wl", "read", "link.txt", "linkdir/rel2.txt"}, Dir: f.dir})
 		wantExactly(t, f, res, true, "wl", "target.txt", "sub/rel2.txt")
 
+		// ".." after a symlink to a directory climbs from its target,
+		// not lexically: deep/../x.txt is sub/x.txt.
+		f.write(t, "sub/inner/.keep", "", 0o644)
+		f.write(t, "sub/x.txt", "in sub", 0o644)
+		f.write(t, "x.txt", "beside deep", 0o644)
+		if err := os.Symlink("sub/inner", f.path("deep")); err != nil {
+			t.Fatal(err)
+		}
+		res = trace(t, f, m, Config{Argv: []string{f.wl, "read", f.path("deep") + "/../x.txt"}})
+		wantExactly(t, f, res, true, "wl", "sub/x.txt")
+
 		// Two names of one file are two record entries; a file
 		// replaced under the same name is opened again.
 		if err := os.Link(f.path("a.txt"), f.path("hardlink.txt")); err != nil {
