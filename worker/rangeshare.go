@@ -64,7 +64,6 @@ func newRangeShare(inner http.RoundTripper) *rangeShare {
 type rangeFlight struct {
 	start, end int64 // the range, inclusive
 	header     http.Header
-	proto      string
 
 	mu sync.Mutex
 	// buf holds bytes [bufStart, bufStart+len(buf)) of the blob.
@@ -117,7 +116,7 @@ func (t *rangeShare) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !ok || ra != a || rb != b {
 		return res, nil
 	}
-	f := &rangeFlight{start: a, end: b, header: res.Header.Clone(), proto: res.Proto, bufStart: a, changed: make(chan struct{})}
+	f := &rangeFlight{start: a, end: b, header: res.Header.Clone(), bufStart: a, changed: make(chan struct{})}
 	t.mu.Lock()
 	t.flights[key] = append(t.flights[key], f)
 	t.mu.Unlock()
@@ -167,7 +166,7 @@ func (t *rangeShare) follow(req *http.Request, f *rangeFlight, a, b int64) *http
 	return &http.Response{
 		Status:        "206 Partial Content",
 		StatusCode:    http.StatusPartialContent,
-		Proto:         f.proto,
+		Proto:         "HTTP/1.1",
 		ProtoMajor:    1,
 		ProtoMinor:    1,
 		Header:        h,
