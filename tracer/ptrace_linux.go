@@ -177,18 +177,25 @@ func (s *session) tracePtrace(ctx context.Context) (*Result, error) {
 			break
 		}
 	}
-	if err != nil {
-		return nil, fmt.Errorf("run workload: wait for shim: %w", err)
-	}
-	if !ws.Stopped() {
-		return nil, fmt.Errorf("run workload: shim ended before tracing started (%v)", exitStatus(ws))
-	}
-	if err := unix.PtraceSetOptions(pid, ptraceOptions); err != nil {
+	// abandon gives up on a shim that is still our unreaped child.
+	abandon := func(err error) (*Result, error) {
 		unix.Kill(pid, unix.SIGKILL)
 		e.loop() // reap it
 		<-shimStatus
 		finish()
-		return nil, fmt.Errorf("run workload: set ptrace options: %w", err)
+		return nil, err
+	}
+	if err != nil {
+		return abandon(fmt.Errorf("run workload: wait for shim: %w", err))
+	}
+	if !ws.Stopped() {
+		// Reaped already: nothing to kill.
+		<-shimStatus
+		finish()
+		return nil, fmt.Errorf("run workload: shim ended before tracing started (%v)", exitStatus(ws))
+	}
+	if err := unix.PtraceSetOptions(pid, ptraceOptions); err != nil {
+		return abandon(fmt.Errorf("run workload: set ptrace options: %w", err))
 	}
 	defer quietStops()()
 	go s.watch(ctx)
