@@ -184,25 +184,12 @@ func (k *recordSink) resolve(a access) {
 // resolveWhole records the regular file a name reached, resolved by the
 // kernel in one go.
 func (k *recordSink) resolveWhole(a access) {
-	flags := unix.O_PATH | unix.O_CLOEXEC
-	if a.nofollow {
-		flags |= unix.O_NOFOLLOW
-	}
-	fd, err := unix.Open(a.name, flags, 0)
+	p, st, err := realStat(a.name, a.nofollow, k.linkBuf)
 	if err != nil {
 		return
 	}
-	defer unix.Close(fd)
 	k.names[a.name] = struct{}{}
-	var st unix.Stat_t
-	if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return
-	}
-	n, err := unix.Readlink("/proc/self/fd/"+strconv.Itoa(fd), k.linkBuf)
-	if err != nil {
-		return
-	}
-	if p := string(k.linkBuf[:n]); !k.rec.has(p) {
+	if st.Mode&unix.S_IFMT == unix.S_IFREG && !k.rec.has(p) {
 		k.rec.addAt(p, st.Size, a.at)
 	}
 }
@@ -210,16 +197,11 @@ func (k *recordSink) resolveWhole(a access) {
 // realPath returns p with every symlink resolved, "" when it does not
 // exist.
 func (k *recordSink) realPath(p string) string {
-	fd, err := unix.Open(p, unix.O_PATH|unix.O_CLOEXEC, 0)
+	real, _, err := realStat(p, false, k.linkBuf)
 	if err != nil {
 		return ""
 	}
-	defer unix.Close(fd)
-	n, err := unix.Readlink("/proc/self/fd/"+strconv.Itoa(fd), k.linkBuf)
-	if err != nil {
-		return ""
-	}
-	return string(k.linkBuf[:n])
+	return real
 }
 
 // notifier serves the seccomp listener on a locked thread of its own.
@@ -307,20 +289,11 @@ func (n *notifier) serve() {
 func (n *notifier) handle(req *seccompNotif) {
 	at := time.Since(n.e.s.start)
 	tid := int(req.pid)
-	t := nativeSysTable
-	var (
-		dirfd = unix.AT_FDCWD
-		addr  uint64
-		flags uint64
-	)
-	switch int(req.nr) {
-	case t.open:
-		addr, flags = req.args[0], req.args[1]
-	case t.creat:
-		addr, flags = req.args[0], unix.O_CREAT
-	case t.openat:
-		dirfd, addr, flags = int(int32(req.args[0])), req.args[1], req.args[2]
-	case t.openat2:
+	dirfd, addr, flags, ok := openCall(int(req.nr), req.args)
+	if !ok {
+		if int(req.nr) != nativeSysTable.openat2 {
+			return
+		}
 		// struct open_how starts with the u64 flags.
 		var how [8]byte
 		if n.mem.read(tid, req.args[2], how[:]) != nil {
@@ -330,8 +303,6 @@ func (n *notifier) handle(req *seccompNotif) {
 		if flags&(unix.O_PATH|unix.O_DIRECTORY) != 0 {
 			return
 		}
-	default:
-		return
 	}
 	name, err := n.mem.readString(tid, addr)
 	if err != nil || name == "" {

@@ -413,18 +413,9 @@ func (e *ptraceEngine) seccompStop(tid int, t *tracee) {
 // name. Anything else (a new regular file, a creating open, a lookup we
 // cannot repeat exactly) is followed to its exit.
 func (e *ptraceEngine) openNeedsExit(tid int, si *syscallInfo) bool {
-	var (
-		dirfd = unix.AT_FDCWD
-		addr  uint64
-		flags uint64
-	)
-	switch int(si.nr) {
-	case nativeSysTable.open:
-		addr, flags = si.args[0], si.args[1]
-	case nativeSysTable.openat:
-		dirfd, addr, flags = int(int32(si.args[0])), si.args[1], si.args[2]
-	default: // creat: always creates or truncates
-		return true
+	dirfd, addr, flags, ok := openCall(int(si.nr), si.args)
+	if !ok || int(si.nr) == nativeSysTable.creat {
+		return true // creat always creates or truncates
 	}
 	name, err := e.mem.readString(tid, addr)
 	if err != nil || name == "" || magicPath(name) {
@@ -449,6 +440,22 @@ func (e *ptraceEngine) openNeedsExit(tid int, si *syscallInfo) bool {
 		return !known
 	}
 	return true
+}
+
+// openCall decodes the arguments of open, openat and creat: the directory
+// a relative name starts from, the name's address and the flags. ok is
+// false for any other call.
+func openCall(nr int, args [6]uint64) (dirfd int, addr, flags uint64, ok bool) {
+	t := nativeSysTable
+	switch nr {
+	case t.open:
+		return unix.AT_FDCWD, args[0], args[1], true
+	case t.creat:
+		return unix.AT_FDCWD, args[0], unix.O_CREAT | unix.O_WRONLY | unix.O_TRUNC, true
+	case t.openat:
+		return int(int32(args[0])), args[1], args[2], true
+	}
+	return 0, 0, 0, false
 }
 
 // magicPath reports names whose meaning depends on who resolves them
@@ -625,17 +632,24 @@ func (e *ptraceEngine) resolveRegular(tid, dirfd int, name string, nofollow bool
 	return p, st.Size, true
 }
 
-func (e *ptraceEngine) resolve(tid, dirfd int, name string, nofollow bool) (string, *unix.Stat_t, error) {
+func (e *ptraceEngine) resolve(tid, dirfd int, name string, nofollow bool) (p string, st *unix.Stat_t, err error) {
 	full := procRelPath(tid, dirfd, name)
+	err = e.asWorkload(func() (err error) {
+		p, st, err = realStat(full, nofollow, make([]byte, unix.PathMax+64))
+		return err
+	})
+	return p, st, err
+}
+
+// realStat returns the real path of the file name reaches (the link itself
+// with nofollow), every symlink resolved the way the kernel does, and its
+// stat. buf holds the path while it is read.
+func realStat(name string, nofollow bool, buf []byte) (string, *unix.Stat_t, error) {
 	flags := unix.O_PATH | unix.O_CLOEXEC
 	if nofollow {
 		flags |= unix.O_NOFOLLOW
 	}
-	var fd int
-	err := e.asWorkload(func() (err error) {
-		fd, err = unix.Open(full, flags, 0)
-		return err
-	})
+	fd, err := unix.Open(name, flags, 0)
 	if err != nil {
 		return "", nil, err
 	}
@@ -644,7 +658,6 @@ func (e *ptraceEngine) resolve(tid, dirfd int, name string, nofollow bool) (stri
 	if err := unix.Fstat(fd, st); err != nil {
 		return "", nil, err
 	}
-	buf := make([]byte, unix.PathMax+64)
 	n, err := unix.Readlink("/proc/self/fd/"+strconv.Itoa(fd), buf)
 	if err != nil {
 		return "", nil, err
