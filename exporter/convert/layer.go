@@ -3,6 +3,7 @@ package convert
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -41,6 +42,10 @@ type Layer struct {
 	// Prioritized is the number of distinct prioritized paths placed
 	// before the landmark.
 	Prioritized int
+	// PrefetchSize is the offset of the .prefetch.landmark entry in the
+	// blob, the bytes a lazy runtime prefetches (also in the annotations,
+	// compression.PrefetchSizeAnnotation); 0 for .no.prefetch.landmark.
+	PrefetchSize int64
 	// Missing lists prioritized paths that could not be placed first: not
 	// in this layer, or (an estargz rule) a parent directory or hardlink
 	// target of theirs has no entry in this layer. Not an error: a record
@@ -169,7 +174,13 @@ func convertLayer(ctx context.Context, ra content.ReaderAt, desc ocispec.Descrip
 		return nil, fmt.Errorf("build %s from layer %s: %w", o.format, desc.Digest, err)
 	}
 
+	prefetch, err := landmarkOffset(io.NewSectionReader(out, 0, n), tocDecompressorFor(o.format))
+	if err != nil {
+		return nil, fmt.Errorf("read back the TOC of %s of layer %s: %w", o.format, desc.Digest, err)
+	}
+
 	missing = append(missing, missedByBuild...)
+	l.PrefetchSize = prefetch
 	l.DiffID = blob.DiffID()
 	l.TOCDigest = blob.TOCDigest()
 	l.UncompressedSize = usize
@@ -210,6 +221,7 @@ var formatAnnotations = []string{
 	estargz.StoreUncompressedSizeAnnotation,
 	zstdchunked.ManifestChecksumAnnotation,
 	zstdchunked.ManifestPositionAnnotation,
+	compression.PrefetchSizeAnnotation,
 }
 
 func layerAnnotations(src map[string]string, l *Layer, comp estargz.Compression) map[string]string {
@@ -225,7 +237,102 @@ func layerAnnotations(src map[string]string, l *Layer, comp estargz.Compression)
 	if z, ok := comp.(*compression.ZstdChunked); ok {
 		maps.Copy(a, z.Annotations())
 	}
+	if l.PrefetchSize > 0 {
+		a[compression.PrefetchSizeAnnotation] = strconv.FormatInt(l.PrefetchSize, 10)
+	}
 	return a
+}
+
+// tocDecompressor is an estargz.Decompressor that also hands out the TOC
+// JSON as a stream, as estargz's own decompressors do.
+type tocDecompressor interface {
+	estargz.Decompressor
+	DecompressTOC(r io.Reader) (io.ReadCloser, error)
+}
+
+func tocDecompressorFor(f Format) tocDecompressor {
+	if f == ZstdChunked {
+		return new(zstdchunked.Decompressor)
+	}
+	return new(estargz.GzipDecompressor)
+}
+
+// landmarkOffset returns the offset of the .prefetch.landmark entry in the
+// blob sr, 0 when it has .no.prefetch.landmark or none. Entries are listed
+// in blob order and the landmark follows the prioritized files, so only
+// the start of the TOC is decoded.
+func landmarkOffset(sr *io.SectionReader, d tocDecompressor) (int64, error) {
+	fsize := d.FooterSize()
+	if sr.Size() < fsize {
+		return 0, fmt.Errorf("blob of %d bytes has no footer", sr.Size())
+	}
+	footer := make([]byte, fsize)
+	if _, err := sr.ReadAt(footer, sr.Size()-fsize); err != nil {
+		return 0, fmt.Errorf("read footer: %w", err)
+	}
+	_, tocOffset, tocSize, err := d.ParseFooter(footer)
+	if err != nil {
+		return 0, fmt.Errorf("parse footer: %w", err)
+	}
+	if tocSize <= 0 {
+		tocSize = sr.Size() - tocOffset - fsize
+	}
+	if tocOffset < 0 || tocSize < 0 || tocOffset+tocSize > sr.Size() {
+		return 0, fmt.Errorf("footer places the TOC at %d+%d in a blob of %d bytes", tocOffset, tocSize, sr.Size())
+	}
+	rc, err := d.DecompressTOC(io.NewSectionReader(sr, tocOffset, tocSize))
+	if err != nil {
+		return 0, fmt.Errorf("decompress TOC: %w", err)
+	}
+	defer rc.Close()
+	dec := json.NewDecoder(rc)
+	if err := expectDelim(dec, '{'); err != nil {
+		return 0, err
+	}
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return 0, fmt.Errorf("decode TOC: %w", err)
+		}
+		if key != "entries" {
+			var skip json.RawMessage
+			if err := dec.Decode(&skip); err != nil {
+				return 0, fmt.Errorf("decode TOC: %w", err)
+			}
+			continue
+		}
+		if err := expectDelim(dec, '['); err != nil {
+			return 0, err
+		}
+		for dec.More() {
+			var e struct {
+				Name   string `json:"name"`
+				Offset int64  `json:"offset"`
+			}
+			if err := dec.Decode(&e); err != nil {
+				return 0, fmt.Errorf("decode TOC entry: %w", err)
+			}
+			switch e.Name {
+			case estargz.PrefetchLandmark:
+				return e.Offset, nil
+			case estargz.NoPrefetchLandmark:
+				return 0, nil
+			}
+		}
+		return 0, nil
+	}
+	return 0, nil
+}
+
+func expectDelim(dec *json.Decoder, want json.Delim) error {
+	t, err := dec.Token()
+	if err != nil {
+		return fmt.Errorf("decode TOC: %w", err)
+	}
+	if t != want {
+		return fmt.Errorf("decode TOC: got %v, want %v", t, want)
+	}
+	return nil
 }
 
 // isLazy reports whether a layer descriptor marks an eStargz or

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -167,6 +168,10 @@ func TestConvertLayer(t *testing.T) {
 				if lr.PrioritizedFiles != 6 { // the five and the hardlink's target
 					t.Errorf("verify counted %d prioritized files", lr.PrioritizedFiles)
 				}
+				// The annotation tells runtimes the range before the TOC does.
+				if got := l.Descriptor.Annotations[compression.PrefetchSizeAnnotation]; l.PrefetchSize != lr.PrefetchSize || got != strconv.FormatInt(lr.PrefetchSize, 10) {
+					t.Errorf("prefetch size %d, annotation %q; the landmark is at %d", l.PrefetchSize, got, lr.PrefetchSize)
+				}
 
 				// Any gzip/zstd consumer unpacks the same files.
 				rc, _, err := compression.NewReader(bytes.NewReader(blob))
@@ -262,6 +267,9 @@ func TestNoPrioritizedFiles(t *testing.T) {
 			}
 			if len(l.Missing) != len(list) {
 				t.Errorf("missing %q, want %q", l.Missing, list)
+			}
+			if v, ok := l.Descriptor.Annotations[compression.PrefetchSizeAnnotation]; ok || l.PrefetchSize != 0 {
+				t.Errorf("no prefetch, but prefetch size %d, annotation %q", l.PrefetchSize, v)
 			}
 			if _, err := verify.Layer(context.Background(), memProvider{l.Descriptor.Digest: blobOf(t, l)}, l.Descriptor, l.DiffID, []string{}); err != nil {
 				t.Errorf("verify: %v", err)

@@ -147,6 +147,9 @@ func checkTOC(ctx context.Context, sr *io.SectionReader, desc ocispec.Descriptor
 	if err := ents.checkPrefetch(expected, lr); err != nil {
 		errs = append(errs, err)
 	}
+	if err := checkPrefetchAnnotation(desc, lr); err != nil {
+		errs = append(errs, err)
+	}
 
 	r, err := openEStargz(sr, d)
 	if err != nil {
@@ -408,6 +411,27 @@ func indexTOC(toc *estargz.JTOC) (*tocIndex, error) {
 		}
 	}
 	return ix, nil
+}
+
+// checkPrefetchAnnotation checks a layer's prefetch size annotation, where
+// it has one, against the landmark's offset: a runtime that trusts it
+// downloads that range before reading the TOC.
+func checkPrefetchAnnotation(desc ocispec.Descriptor, lr *LayerReport) error {
+	s, ok := desc.Annotations[compression.PrefetchSizeAnnotation]
+	if !ok {
+		return nil
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 {
+		return fmt.Errorf("%s annotation %q is not a positive number of bytes", compression.PrefetchSizeAnnotation, s)
+	}
+	if lr.Landmark != estargz.PrefetchLandmark {
+		return fmt.Errorf("%s annotation says %d, but the layer has no %s", compression.PrefetchSizeAnnotation, n, estargz.PrefetchLandmark)
+	}
+	if n != lr.PrefetchSize {
+		return fmt.Errorf("%s annotation says %d, the landmark is at %d", compression.PrefetchSizeAnnotation, n, lr.PrefetchSize)
+	}
+	return nil
 }
 
 // checkPrefetch fills the prefetch fields of lr and, with expected, checks

@@ -200,6 +200,9 @@ func TestImageFailures(t *testing.T) {
 		{name: "chunk digest", layer: badChunkDesc, diffID: diffID, want: []string{`file "etc/b"`, "chunk digest"}},
 		{name: "hardlink cycle", layer: cycleDesc, diffID: diffID, want: []string{"cycle"}},
 		{name: "no landmark", layer: nlDesc, diffID: digest.Digest(w.DiffID()), want: []string{"no .prefetch.landmark"}},
+		{name: "prefetch size annotation", layer: withAnnotation(desc, compression.PrefetchSizeAnnotation, "4096"), diffID: diffID, want: []string{compression.PrefetchSizeAnnotation + " annotation says 4096, the landmark is at"}},
+		{name: "prefetch size annotation not a number", layer: withAnnotation(desc, compression.PrefetchSizeAnnotation, "-1"), diffID: diffID, want: []string{"not a positive number"}},
+		{name: "prefetch size annotation without landmark", layer: withAnnotation(nlDesc, compression.PrefetchSizeAnnotation, "10"), diffID: digest.Digest(w.DiffID()), want: []string{"has no .prefetch.landmark"}},
 		{name: "not lazy", layer: plainDesc, diffID: plain.DiffID, want: []string{"not lazy-pullable"}},
 		{name: "gzip labelled zstd", layer: withAnnotation(func() ocispec.Descriptor { d := desc; d.MediaType = ocispec.MediaTypeImageLayerZstd; return d }(), "x", "y"), diffID: diffID, want: []string{"zstd:chunked footer"}},
 	} {
