@@ -225,10 +225,13 @@ func (d *Daemon) newWorker(ctx context.Context, wrapper ExporterWrapper) (*Worke
 		return nil, fmt.Errorf("OCI worker needs %s: %w", binary, err)
 	}
 
-	hosts := resolver.NewRegistryConfig(d.cfg.Registries)
+	// The worker pulls manifests through hosts; what they tell of layers'
+	// prefetch sizes reaches the stargz snapshotter through hints.
+	hints := newPrefetchHints()
+	hosts := hints.watch(resolver.NewRegistryConfig(d.cfg.Registries))
 	opened := &snapshotters{}
 	d.closers = append(d.closers, opened.Close)
-	factory, err := newSnapshotterFactory(cfg.Snapshotter, d.cfg.Root, cfg.StargzSnapshotterConfig, hosts, d.sm, opened)
+	factory, err := newSnapshotterFactory(cfg.Snapshotter, d.cfg.Root, cfg.StargzSnapshotterConfig, hosts, hints, d.sm, opened)
 	if err != nil {
 		return nil, err
 	}

@@ -1,12 +1,17 @@
 package worker
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
+	"path"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
 )
 
 // rangeShare is the stargz snapshotter's registry transport. A lazily
@@ -29,13 +34,30 @@ import (
 // told (Content-Range "bytes a-b/size") with that size: the snapshotter
 // asks for it right after its first range request, one round trip for
 // nothing.
+//
+// With hints, it starts the prefetch download itself: the snapshotter asks
+// for a layer's prefetch range only once it has fetched and parsed the
+// TOC, two round trips and a parse after its first request. When the
+// manifest told the layer's prefetch size (prefetchHints), the first
+// successful range response of the blob starts a download of that range,
+// with the same headers; the snapshotter's prefetch request then follows
+// it, wherever it has got to by then.
 type rangeShare struct {
 	inner http.RoundTripper
-	mu    sync.Mutex
+	// hints, if set, are the prefetch sizes to start downloads for, in
+	// blob chunks of chunkSize as the snapshotter rounds its prefetch.
+	hints     *prefetchHints
+	chunkSize int64
+
+	mu sync.Mutex
 	// flights are the ranges in flight, by key.
 	flights map[string][]*rangeFlight
 	// sizes are the blob sizes range responses told, by key.
 	sizes map[string]blobSize
+	// started are the keys a prefetch download was started for.
+	started map[string]bool
+	// redirected are the blobs behind redirect locations, by location.
+	redirected map[string]digest.Digest
 }
 
 // blobSize is a blob's size with the headers of the response that told it.
@@ -53,19 +75,43 @@ const shareAhead = 8 << 20
 // has piled up.
 const keepBehind = 16 << 20
 
+// maxEarlyPrefetch bounds a prefetch download started from a hint: all of
+// it is kept until the snapshotter reads it, so it never drops bytes.
+const maxEarlyPrefetch = 2 * keepBehind
+
+// earlyLinger is how long a finished prefetch download started from a hint
+// waits for the snapshotter to read it; earlyTimeout bounds the download.
+const (
+	earlyLinger  = time.Minute
+	earlyTimeout = 10 * time.Minute
+)
+
 func newRangeShare(inner http.RoundTripper) *rangeShare {
 	if inner == nil {
 		inner = http.DefaultTransport
 	}
-	return &rangeShare{inner: inner, flights: make(map[string][]*rangeFlight), sizes: make(map[string]blobSize)}
+	return &rangeShare{
+		inner:      inner,
+		flights:    make(map[string][]*rangeFlight),
+		sizes:      make(map[string]blobSize),
+		started:    make(map[string]bool),
+		redirected: make(map[string]digest.Digest),
+	}
 }
 
-// rangeFlight is one range response being read by its requester.
+// rangeFlight is one range response being read: by its requester, or, for
+// a prefetch download started from a hint, by a goroutine of its own.
 type rangeFlight struct {
 	start, end int64 // the range, inclusive
-	header     http.Header
+	// early marks a prefetch download started from a hint; cancel stops it.
+	early  bool
+	cancel context.CancelFunc
+	// ready is closed once header is set or the request failed.
+	ready chan struct{}
 
-	mu sync.Mutex
+	mu     sync.Mutex
+	header http.Header
+	failed bool // the request got no usable response
 	// buf holds bytes [bufStart, bufStart+len(buf)) of the blob.
 	bufStart int64
 	buf      []byte
@@ -75,6 +121,21 @@ type rangeFlight struct {
 
 // head returns the offset just past the newest byte received.
 func (f *rangeFlight) head() int64 { return f.bufStart + int64(len(f.buf)) }
+
+// serves reports whether a request for bytes [a, b] waits for f. An early
+// prefetch download is the prefetch's own range: a request anywhere in it
+// waits for it, and one that runs past its end fetches the rest itself.
+func (f *rangeFlight) serves(a, b int64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.failed || a < f.start || a > f.end || a < f.bufStart {
+		return false
+	}
+	if f.early {
+		return !f.done || a < f.head()
+	}
+	return !f.done && b <= f.end && a <= f.head()+shareAhead
+}
 
 func (t *rangeShare) RoundTrip(req *http.Request) (*http.Response, error) {
 	key := req.URL.String() + "\x00" + req.Header.Get("Authorization")
@@ -90,53 +151,176 @@ func (t *rangeShare) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.Method != http.MethodGet || !ok {
 		return t.inner.RoundTrip(req)
 	}
-
-	t.mu.Lock()
-	for _, f := range t.flights[key] {
-		f.mu.Lock()
-		share := !f.done && f.start <= a && b <= f.end && a >= f.bufStart && a <= f.head()+shareAhead
-		f.mu.Unlock()
-		if share {
-			t.mu.Unlock()
-			return t.follow(req, f, a, b), nil
-		}
+	if f := t.flightFor(req, key, a, b); f != nil {
+		return t.follow(req, key, f, a, b), nil
 	}
-	t.mu.Unlock()
 
 	res, err := t.inner.RoundTrip(req)
-	if err != nil || res.StatusCode != http.StatusPartialContent {
+	if err != nil {
 		return res, err
+	}
+	if res.StatusCode/100 == 3 {
+		t.noteRedirect(req, res)
+	}
+	if res.StatusCode != http.StatusPartialContent {
+		return res, nil
 	}
 	ra, rb, total, ok := contentRange(res.Header.Get("Content-Range"))
 	if size, err := strconv.ParseInt(total, 10, 64); ok && err == nil {
 		t.mu.Lock()
 		t.sizes[key] = blobSize{size: size, header: res.Header.Clone()}
 		t.mu.Unlock()
+		t.startPrefetch(req, key, size)
 	}
 	if !ok || ra != a || rb != b {
 		return res, nil
 	}
-	f := &rangeFlight{start: a, end: b, header: res.Header.Clone(), bufStart: a, changed: make(chan struct{})}
+	f := &rangeFlight{start: a, end: b, header: res.Header.Clone(), bufStart: a, ready: closedChan, changed: make(chan struct{})}
 	t.mu.Lock()
 	t.flights[key] = append(t.flights[key], f)
 	t.mu.Unlock()
-	res.Body = &teeBody{ReadCloser: res.Body, f: f, end: func() {
-		t.mu.Lock()
-		defer t.mu.Unlock()
-		list := t.flights[key]
-		for i, g := range list {
-			if g == f {
-				list = append(list[:i], list[i+1:]...)
-				break
-			}
-		}
-		if len(list) == 0 {
-			delete(t.flights, key)
-		} else {
-			t.flights[key] = list
-		}
-	}}
+	res.Body = &teeBody{ReadCloser: res.Body, f: f, end: func() { t.drop(key, f) }}
 	return res, nil
+}
+
+// closedChan is the ready channel of flights that start with a response.
+var closedChan = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
+
+// flightFor returns the flight a request for bytes [a, b] should follow,
+// once it has a response, or nil.
+func (t *rangeShare) flightFor(req *http.Request, key string, a, b int64) *rangeFlight {
+	t.mu.Lock()
+	var f *rangeFlight
+	for _, g := range t.flights[key] {
+		if g.serves(a, b) {
+			f = g
+			break
+		}
+	}
+	t.mu.Unlock()
+	if f == nil {
+		return nil
+	}
+	select {
+	case <-f.ready:
+	case <-req.Context().Done():
+		return nil
+	}
+	if !f.serves(a, b) {
+		return nil
+	}
+	return f
+}
+
+// drop forgets flight f of key: later requests do not find it.
+func (t *rangeShare) drop(key string, f *rangeFlight) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	list := t.flights[key]
+	for i, g := range list {
+		if g == f {
+			list = append(list[:i:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(t.flights, key)
+	} else {
+		t.flights[key] = list
+	}
+}
+
+// noteRedirect remembers which blob a redirect location serves: the
+// snapshotter fetches a redirected blob from the location itself.
+func (t *rangeShare) noteRedirect(req *http.Request, res *http.Response) {
+	loc := res.Header.Get("Location")
+	d, ok := blobDigest(req.URL.Path)
+	if loc == "" || !ok {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.redirected) >= maxHints {
+		clear(t.redirected)
+	}
+	t.redirected[loc] = d
+}
+
+// blobDigest returns the digest a registry blob path names.
+func blobDigest(p string) (digest.Digest, bool) {
+	if path.Base(path.Dir(p)) != "blobs" {
+		return "", false
+	}
+	d, err := digest.Parse(path.Base(p))
+	return d, err == nil
+}
+
+// startPrefetch starts, once per key, the download of the prefetch range
+// the hints give for the blob req fetches from, with req's headers. size
+// is the blob's size.
+func (t *rangeShare) startPrefetch(req *http.Request, key string, size int64) {
+	if t.hints == nil {
+		return
+	}
+	d, ok := blobDigest(req.URL.Path)
+	t.mu.Lock()
+	if !ok {
+		d, ok = t.redirected[req.URL.String()]
+	}
+	if !ok || t.started[key] {
+		t.mu.Unlock()
+		return
+	}
+	n, ok := t.hints.size(d)
+	if !ok || n > size {
+		t.mu.Unlock()
+		return
+	}
+	t.started[key] = true
+	// The snapshotter fetches whole chunks: [0, n) rounded up to one.
+	end := min(((n-1)/t.chunkSize+1)*t.chunkSize, size, maxEarlyPrefetch) - 1
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(req.Context()), earlyTimeout)
+	f := &rangeFlight{start: 0, end: end, early: true, cancel: cancel, ready: make(chan struct{}), changed: make(chan struct{})}
+	t.flights[key] = append(t.flights[key], f)
+	t.mu.Unlock()
+
+	early := req.Clone(ctx)
+	early.Header.Set("Range", fmt.Sprintf("bytes=0-%d", end))
+	go t.download(early, key, f)
+}
+
+// download reads an early prefetch download into its flight.
+func (t *rangeShare) download(req *http.Request, key string, f *rangeFlight) {
+	defer f.cancel()
+	res, err := t.inner.RoundTrip(req)
+	if err == nil {
+		a, b, _, ok := contentRange(res.Header.Get("Content-Range"))
+		if res.StatusCode != http.StatusPartialContent || !ok || a != f.start || b != f.end {
+			res.Body.Close()
+			err = fmt.Errorf("answered %s, Content-Range %q", res.Status, res.Header.Get("Content-Range"))
+		}
+	}
+	if err != nil {
+		f.mu.Lock()
+		f.failed, f.done = true, true
+		f.mu.Unlock()
+		t.drop(key, f)
+		close(f.ready)
+		return
+	}
+	f.mu.Lock()
+	f.header = res.Header.Clone()
+	f.mu.Unlock()
+	close(f.ready)
+	body := &teeBody{ReadCloser: res.Body, f: f, end: func() {
+		time.AfterFunc(earlyLinger, func() { t.drop(key, f) })
+	}}
+	io.Copy(io.Discard, body)
+	body.Close()
 }
 
 // head answers a HEAD of a blob of known size.
@@ -157,9 +341,11 @@ func (t *rangeShare) head(req *http.Request, known blobSize) *http.Response {
 	}
 }
 
-// follow answers req, for bytes [a, b], from flight f.
-func (t *rangeShare) follow(req *http.Request, f *rangeFlight, a, b int64) *http.Response {
+// follow answers req, for bytes [a, b], from flight f of key.
+func (t *rangeShare) follow(req *http.Request, key string, f *rangeFlight, a, b int64) *http.Response {
+	f.mu.Lock()
 	h := f.header.Clone()
+	f.mu.Unlock()
 	_, _, total, _ := contentRange(h.Get("Content-Range"))
 	h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%s", a, b, total))
 	h.Set("Content-Length", strconv.FormatInt(b-a+1, 10))
@@ -171,7 +357,7 @@ func (t *rangeShare) follow(req *http.Request, f *rangeFlight, a, b int64) *http
 		ProtoMinor:    1,
 		Header:        h,
 		ContentLength: b - a + 1,
-		Body:          &followBody{t: t, req: req, f: f, pos: a, end: b},
+		Body:          &followBody{t: t, req: req, key: key, f: f, from: a, pos: a, end: b},
 		Request:       req,
 	}
 }
@@ -228,7 +414,9 @@ func (r *teeBody) Close() error {
 type followBody struct {
 	t        *rangeShare
 	req      *http.Request
+	key      string
 	f        *rangeFlight
+	from     int64 // the first byte asked for
 	pos, end int64
 	own      io.ReadCloser // the request of its own, once made
 }
@@ -257,6 +445,10 @@ func (r *followBody) Read(p []byte) (int, error) {
 			n := copy(p, f.buf[off:min(int64(len(f.buf)), off+r.end-r.pos+1)])
 			f.mu.Unlock()
 			r.pos += int64(n)
+			if f.early && r.from == f.start && r.pos > f.end {
+				// The prefetch has read it all: let go of the bytes.
+				r.t.drop(r.key, f)
+			}
 			return n, nil
 		}
 		if f.done {
@@ -268,6 +460,11 @@ func (r *followBody) Read(p []byte) (int, error) {
 		select {
 		case <-changed:
 		case <-r.req.Context().Done():
+			if f.early {
+				// Whoever gave up on it will not want the rest, and
+				// whoever asks again should not wait for it either.
+				f.cancel()
+			}
 			return 0, r.req.Context().Err()
 		}
 	}

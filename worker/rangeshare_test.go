@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -12,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	digest "github.com/opencontainers/go-digest"
 )
 
 // blobServer serves one blob with Range support and logs the Range header
@@ -259,5 +262,197 @@ func TestContentRange(t *testing.T) {
 		if ok != tt.ok || (ok && (a != tt.a || b != tt.b || total != tt.total)) {
 			t.Errorf("contentRange(%q) = %d, %d, %q, %v", tt.h, a, b, total, ok)
 		}
+	}
+}
+
+// earlyServer serves a blob under its digest, like a registry, answers
+// GETs of /redirect/... with a redirect to the blob, and can fail the
+// early download.
+type earlyServer struct {
+	*blobServer
+	digest    digest.Digest
+	failEarly bool
+}
+
+func newEarlyServer(t *testing.T, size int, failEarly bool) *earlyServer {
+	s := &earlyServer{blobServer: &blobServer{blob: make([]byte, size)}, failEarly: failEarly}
+	rand.Read(s.blob)
+	s.digest = digest.FromBytes(s.blob)
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		s.ranges = append(s.ranges, r.URL.Path+" "+r.Header.Get("Range"))
+		s.mu.Unlock()
+		switch {
+		case r.URL.Path == "/v2/x/blobs/"+s.digest.String() && r.URL.Query().Get("redirect") != "":
+			w.Header().Set("Location", s.URL+"/storage/blob")
+			w.WriteHeader(http.StatusTemporaryRedirect)
+		case s.failEarly && strings.HasPrefix(r.Header.Get("Range"), "bytes=0-") && r.Header.Get("Range") != "bytes=0-1":
+			http.Error(w, "unavailable", http.StatusServiceUnavailable)
+		default:
+			http.ServeContent(w, r, "blob", time.Time{}, bytes.NewReader(s.blob))
+		}
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func (s *earlyServer) get(t *testing.T, rt http.RoundTripper, url, rng, auth string) []byte {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Range", rng)
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	res, err := rt.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatalf("read %s: %v", rng, err)
+	}
+	return b
+}
+
+// earlyShare is a rangeShare that knows the blob's prefetch size is
+// prefetch, in chunks of 1000 bytes.
+func earlyShare(s *earlyServer, prefetch int64) *rangeShare {
+	hints := newPrefetchHints()
+	hints.learn(hintedManifest(map[digest.Digest][2]string{s.digest: {fmt.Sprint(len(s.blob)), fmt.Sprint(prefetch)}}))
+	rt := newRangeShare(http.DefaultTransport)
+	rt.hints, rt.chunkSize = hints, 1000
+	return rt
+}
+
+// waitRequests waits until the registry has seen n requests.
+func (s *earlyServer) waitRequests(t *testing.T, n int) []string {
+	t.Helper()
+	for range 500 {
+		if r := s.requests(); len(r) >= n {
+			return r
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("registry saw %q, want %d requests", s.requests(), n)
+	return nil
+}
+
+func TestRangeShareEarlyPrefetch(t *testing.T) {
+	s := newEarlyServer(t, 100000, false)
+	rt := earlyShare(s, 41500)
+	blobURL := s.URL + "/v2/x/blobs/" + s.digest.String()
+
+	// The snapshotter's first request starts the prefetch download,
+	// rounded up to whole chunks.
+	if b := s.get(t, rt, blobURL, "bytes=0-1", "Bearer a"); !bytes.Equal(b, s.blob[:2]) {
+		t.Fatal("bytes 0-1 differ")
+	}
+	reqs := s.waitRequests(t, 2)
+	if reqs[1] != "/v2/x/blobs/"+s.digest.String()+" bytes=0-41999" {
+		t.Fatalf("registry saw %q, want the prefetch range after the first request", reqs)
+	}
+	// The TOC: a request of its own. Pieces of the prefetch range and the
+	// prefetch itself: from the download, whether it is still running or
+	// done; one running past it fetches the rest on its own.
+	s.get(t, rt, blobURL, "bytes=90000-99999", "Bearer a")
+	for _, r := range [][2]int{{20000, 24999}, {41000, 42999}, {0, 41999}} {
+		if b := s.get(t, rt, blobURL, fmt.Sprintf("bytes=%d-%d", r[0], r[1]), "Bearer a"); !bytes.Equal(b, s.blob[r[0]:r[1]+1]) {
+			t.Errorf("bytes %d-%d differ", r[0], r[1])
+		}
+	}
+	want := []string{"bytes=0-1", "bytes=0-41999", "bytes=90000-99999", "bytes=42000-42999"}
+	if reqs := s.requests(); !rangesAre(reqs, want) {
+		t.Errorf("registry saw %q, want %q", reqs, want)
+	}
+	// Once the prefetch has read it all, the download is let go.
+	s.get(t, rt, blobURL, "bytes=20000-24999", "Bearer a")
+	// Other credentials share nothing.
+	s.get(t, rt, blobURL, "bytes=100-199", "Bearer b")
+	want = append(want, "bytes=20000-24999", "bytes=100-199")
+	if reqs := s.requests(); !rangesAre(reqs[:len(want)], want) {
+		t.Errorf("registry saw %q, want %q first", reqs, want)
+	}
+}
+
+// rangesAre reports whether requests logged as "path range" asked for the
+// ranges want, in order.
+func rangesAre(reqs, want []string) bool {
+	if len(reqs) != len(want) {
+		return false
+	}
+	for i, r := range reqs {
+		if !strings.HasSuffix(r, " "+want[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func TestRangeShareEarlyPrefetchRedirected(t *testing.T) {
+	s := newEarlyServer(t, 10000, false)
+	rt := earlyShare(s, 3000)
+	// As the snapshotter does: the blob URL answers with a redirect, which
+	// it follows itself, without credentials.
+	req, _ := http.NewRequest(http.MethodGet, s.URL+"/v2/x/blobs/"+s.digest.String()+"?redirect=1", nil)
+	req.Header.Set("Range", "bytes=0-1")
+	req.Header.Set("Authorization", "Bearer a")
+	res, err := rt.RoundTrip(req)
+	if err != nil || res.StatusCode != http.StatusTemporaryRedirect {
+		t.Fatalf("redirect: %v %v", res, err)
+	}
+	res.Body.Close()
+	// The redirect URL in this test names the blob path, so resolve the
+	// location as the snapshotter would and go there.
+	loc := res.Header.Get("Location")
+	if b := s.get(t, rt, loc, "bytes=0-1", ""); !bytes.Equal(b, s.blob[:2]) {
+		t.Fatal("bytes 0-1 differ")
+	}
+	reqs := s.waitRequests(t, 3)
+	if reqs[2] != "/storage/blob bytes=0-2999" {
+		t.Fatalf("registry saw %q, want the prefetch range from the location", reqs)
+	}
+	if b := s.get(t, rt, loc, "bytes=0-2999", ""); !bytes.Equal(b, s.blob[:3000]) {
+		t.Error("prefetch range differs")
+	}
+	if reqs := s.requests(); len(reqs) != 3 {
+		t.Errorf("registry saw %q", reqs)
+	}
+}
+
+func TestRangeShareEarlyPrefetchFails(t *testing.T) {
+	s := newEarlyServer(t, 10000, true)
+	rt := earlyShare(s, 5000)
+	blobURL := s.URL + "/v2/x/blobs/" + s.digest.String()
+	s.get(t, rt, blobURL, "bytes=0-1", "")
+	s.waitRequests(t, 2)
+	// The download failed: the prefetch goes on its own, and fails as the
+	// registry makes it.
+	req, _ := http.NewRequest(http.MethodGet, blobURL, nil)
+	req.Header.Set("Range", "bytes=0-4999")
+	res, err := rt.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("prefetch answered %s, want the registry's own answer", res.Status)
+	}
+	if reqs := s.requests(); len(reqs) != 3 {
+		t.Errorf("registry saw %q", reqs)
+	}
+}
+
+func TestRangeShareNoHintNoEarlyPrefetch(t *testing.T) {
+	s := newEarlyServer(t, 10000, false)
+	rt := earlyShare(s, 5000)
+	rt.hints = newPrefetchHints() // knows nothing
+	s.get(t, rt, s.URL+"/v2/x/blobs/"+s.digest.String(), "bytes=0-1", "")
+	time.Sleep(50 * time.Millisecond)
+	if reqs := s.requests(); len(reqs) != 1 {
+		t.Errorf("registry saw %q, want only the request made", reqs)
 	}
 }

@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -76,7 +77,7 @@ func (s *snapshotters) Close() error {
 
 // newSnapshotterFactory returns the factory runc.NewWorkerOpt opens the
 // worker's snapshotter with.
-func newSnapshotterFactory(name, root string, stargzCfg map[string]any, hosts docker.RegistryHosts, sm *session.Manager, opened *snapshotters) (runc.SnapshotterFactory, error) {
+func newSnapshotterFactory(name, root string, stargzCfg map[string]any, hosts docker.RegistryHosts, hints *prefetchHints, sm *session.Manager, opened *snapshotters) (runc.SnapshotterFactory, error) {
 	if name == "" {
 		name = SnapshotterStargz
 	}
@@ -110,7 +111,7 @@ func newSnapshotterFactory(name, root string, stargzCfg map[string]any, hosts do
 			return f, err
 		}
 		f.New = func(root string) (ctdsnapshot.Snapshotter, error) {
-			sn, err := newStargzSnapshotter(root, cfg, hosts, sm)
+			sn, err := newStargzSnapshotter(root, cfg, hosts, hints, sm)
 			if err == nil {
 				opened.add(sn)
 			}
@@ -152,7 +153,11 @@ func stargzConfig(table map[string]any) (sgzconf.Config, error) {
 	return cfg, nil
 }
 
-func newStargzSnapshotter(root string, cfg sgzconf.Config, hosts docker.RegistryHosts, sm *session.Manager) (ctdsnapshot.Snapshotter, error) {
+// stargzChunkSize is the stargz snapshotter's blob chunk size where its
+// configuration sets none.
+const stargzChunkSize = 50000
+
+func newStargzSnapshotter(root string, cfg sgzconf.Config, hosts docker.RegistryHosts, hints *prefetchHints, sm *session.Manager) (ctdsnapshot.Snapshotter, error) {
 	userxattr, err := overlayutils.NeedsUserXAttr(root)
 	if err != nil {
 		bklog.L.WithError(err).Warnf("cannot tell whether overlayfs needs userxattr under %s; assuming %v", root, userxattr)
@@ -164,8 +169,15 @@ func newStargzSnapshotter(root string, cfg sgzconf.Config, hosts docker.Registry
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, err
 	}
+	if cfg.NoPrefetch {
+		hints = nil // nothing to start early
+	}
+	chunkSize := cfg.BlobConfig.ChunkSize
+	if chunkSize <= 0 {
+		chunkSize = stargzChunkSize
+	}
 	fs, err := sgzfs.NewFilesystem(filepath.Join(root, "stargz"), cfg,
-		sgzfs.WithGetSources(sessionSources(sharedRanges(hosts), sm)),
+		sgzfs.WithGetSources(sessionSources(sharedRanges(hosts, hints, chunkSize), sm)),
 		sgzfs.WithMetricsLogLevel(logrus.DebugLevel),
 		sgzfs.WithOverlayOpaqueType(opaque),
 	)
@@ -185,26 +197,15 @@ func newStargzSnapshotter(root string, cfg sgzconf.Config, hosts docker.Registry
 }
 
 // sharedRanges gives every registry host hosts returns a transport that
-// lets range requests share a range in flight (see rangeShare). The stargz
-// filesystem resolves hosts once per layer, so the requests of one layer
-// share with each other only.
-func sharedRanges(hosts docker.RegistryHosts) docker.RegistryHosts {
-	return func(host string) ([]docker.RegistryHost, error) {
-		list, err := hosts(host)
-		if err != nil {
-			return nil, err
-		}
-		out := make([]docker.RegistryHost, len(list))
-		for i, h := range list {
-			if h.Client != nil {
-				c := *h.Client
-				c.Transport = newRangeShare(c.Transport)
-				h.Client = &c
-			}
-			out[i] = h
-		}
-		return out, nil
-	}
+// lets range requests share a range in flight and starts hinted prefetch
+// downloads early (see rangeShare). The stargz filesystem resolves hosts
+// once per layer, so the requests of one layer share with each other only.
+func sharedRanges(hosts docker.RegistryHosts, hints *prefetchHints, chunkSize int64) docker.RegistryHosts {
+	return wrapTransports(hosts, func(inner http.RoundTripper) http.RoundTripper {
+		t := newRangeShare(inner)
+		t.hints, t.chunkSize = hints, chunkSize
+		return t
+	})
 }
 
 // sessionSources tells the stargz filesystem where a layer lives and how to
