@@ -9,12 +9,17 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 )
 
 // DirLayer is a layer holding the tree under dir (a root filesystem made
 // by debootstrap, say): regular files, directories, symlinks and hard
 // links; device nodes, sockets and fifos are left out. Entries keep their
-// modes and owners and are stamped with FixtureTime.
+// modes, owners and modification times (whole seconds), as an image built
+// from the tree would: a Python tree's .pyc files name the times of their
+// sources, and one time stamped on every entry would make each of them
+// stale, so that every start compiled its modules again. Access and
+// change times are left out, so the same tree gives the same layer.
 func DirLayer(dir string) Layer {
 	return Layer{&layerSource{
 		desc: "dir " + dir,
@@ -62,7 +67,8 @@ func dirTar(dir string) ([]byte, error) {
 		if mode.IsDir() {
 			h.Name += "/"
 		}
-		h.ModTime, h.AccessTime, h.ChangeTime = FixtureTime, FixtureTime, FixtureTime
+		h.ModTime = info.ModTime().Truncate(time.Second)
+		h.AccessTime, h.ChangeTime = time.Time{}, time.Time{}
 		h.Uname, h.Gname = "", ""
 		h.Format = tar.FormatPAX
 		if st, ok := statIDs(info); ok && mode.IsRegular() {
