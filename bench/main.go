@@ -243,10 +243,14 @@ func bench(o options) error {
 
 	var md bytes.Buffer
 	fmt.Fprintf(&md, "# stargazer start-up benchmark (%s)\n\n", set)
-	fmt.Fprintf(&md, "Link: %s, %s per request. %d cold builds per row (fresh daemon root each); legacy on overlayfs, the others on stargz with prefetch on, background fetch %s. "+
+	cache := "page cache dropped before each"
+	if pageCache.notDropped != "" {
+		cache = "page cache NOT dropped (" + pageCache.notDropped + ")"
+	}
+	fmt.Fprintf(&md, "Link: %s, %s per request. %d cold builds per row (fresh daemon root each, %s); legacy on overlayfs, the others on stargz with prefetch on, background fetch %s. "+
 		"*ready*: build start until the workload's readiness line; *build*: whole `FROM image` + `RUN workload` build. "+
 		"Physical limit: bytes the workload reads (uncompressed, from the trace record) ÷ bandwidth + round trips × latency.\n\n",
-		formatBandwidth(o.bandwidth), o.latency, o.runs, onOff(o.backgroundFetch))
+		formatBandwidth(o.bandwidth), o.latency, o.runs, cache, onOff(o.backgroundFetch))
 	if len(noop) > 0 {
 		fmt.Fprintf(&md, "No-op baseline (the fixed cost of a cold build: a %s busybox image, legacy form, `RUN echo ready`, from a registry without shaping): ready median %.2f s, p95 %.2f s over %d runs.\n\n",
 			fmt.Sprintf("%.1f MB", float64(noopSize)/1e6), report.Median(noop).Seconds(), report.P95(noop).Seconds(), len(noop))
