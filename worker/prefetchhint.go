@@ -30,8 +30,14 @@ import (
 // fetched, never which: a wrong one costs a download, not correctness.
 type prefetchHints struct {
 	mu    sync.Mutex
-	sizes map[digest.Digest]int64
+	sizes map[digest.Digest]hint
 	order []digest.Digest // oldest first
+}
+
+// hint is what a manifest told of a layer: the bytes the stargz
+// snapshotter will prefetch from it, and the size of its blob.
+type hint struct {
+	prefetch, blob int64
 }
 
 // maxHints bounds the layers remembered; the oldest are forgotten first.
@@ -42,13 +48,13 @@ const maxHints = 4096
 const maxManifestSize = 4 << 20
 
 func newPrefetchHints() *prefetchHints {
-	return &prefetchHints{sizes: make(map[digest.Digest]int64)}
+	return &prefetchHints{sizes: make(map[digest.Digest]hint)}
 }
 
-// size returns the hinted prefetch size of a layer.
-func (h *prefetchHints) size(d digest.Digest) (int64, bool) {
+// size returns what the manifest told of a layer.
+func (h *prefetchHints) size(d digest.Digest) (hint, bool) {
 	if h == nil {
-		return 0, false
+		return hint{}, false
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -74,7 +80,7 @@ func (h *prefetchHints) learn(manifest []byte) {
 		if _, ok := h.sizes[l.Digest]; !ok {
 			h.order = append(h.order, l.Digest)
 		}
-		h.sizes[l.Digest] = n
+		h.sizes[l.Digest] = hint{prefetch: n, blob: l.Size}
 	}
 	for len(h.order) > maxHints {
 		delete(h.sizes, h.order[0])

@@ -84,7 +84,7 @@ func TestPrefetchHintsFromManifests(t *testing.T) {
 		res.Body.Close()
 	}
 	for d, want := range map[digest.Digest]int64{good: 600, other: 10} {
-		if n, ok := hints.size(d); !ok || n != want {
+		if n, ok := hints.size(d); !ok || n.prefetch != want {
 			t.Errorf("hint of %s: %d, %v; want %d", d, n, ok, want)
 		}
 	}
@@ -117,7 +117,7 @@ func FuzzPrefetchHintsLearn(f *testing.F) {
 		h := newPrefetchHints()
 		h.learn(b)
 		for d, n := range h.sizes {
-			if d.Validate() != nil || n <= 0 {
+			if d.Validate() != nil || n.prefetch <= 0 || n.prefetch > n.blob {
 				t.Fatalf("learned %q: %d", d, n)
 			}
 		}

@@ -38,10 +38,10 @@ import (
 // With hints, it starts the prefetch download itself: the snapshotter asks
 // for a layer's prefetch range only once it has fetched and parsed the
 // TOC, two round trips and a parse after its first request. When the
-// manifest told the layer's prefetch size (prefetchHints), the first
-// successful range response of the blob starts a download of that range,
-// with the same headers; the snapshotter's prefetch request then follows
-// it, wherever it has got to by then.
+// manifest told the layer's prefetch size (prefetchHints), the first range
+// request for the blob starts a download of that range beside it, with
+// the same headers; the snapshotter's prefetch request then follows the
+// download, wherever it has got to by then.
 type rangeShare struct {
 	inner http.RoundTripper
 	// hints, if set, are the prefetch sizes to start downloads for, in
@@ -154,6 +154,7 @@ func (t *rangeShare) RoundTrip(req *http.Request) (*http.Response, error) {
 	if f := t.flightFor(req, key, a, b); f != nil {
 		return t.follow(req, key, f, a, b), nil
 	}
+	t.startPrefetch(req, key)
 
 	res, err := t.inner.RoundTrip(req)
 	if err != nil {
@@ -170,7 +171,6 @@ func (t *rangeShare) RoundTrip(req *http.Request) (*http.Response, error) {
 		t.mu.Lock()
 		t.sizes[key] = blobSize{size: size, header: res.Header.Clone()}
 		t.mu.Unlock()
-		t.startPrefetch(req, key, size)
 	}
 	if !ok || ra != a || rb != b {
 		return res, nil
@@ -260,9 +260,8 @@ func blobDigest(p string) (digest.Digest, bool) {
 }
 
 // startPrefetch starts, once per key, the download of the prefetch range
-// the hints give for the blob req fetches from, with req's headers. size
-// is the blob's size.
-func (t *rangeShare) startPrefetch(req *http.Request, key string, size int64) {
+// the hints give for the blob req fetches from, with req's headers.
+func (t *rangeShare) startPrefetch(req *http.Request, key string) {
 	if t.hints == nil {
 		return
 	}
@@ -275,14 +274,14 @@ func (t *rangeShare) startPrefetch(req *http.Request, key string, size int64) {
 		t.mu.Unlock()
 		return
 	}
-	n, ok := t.hints.size(d)
-	if !ok || n > size {
+	h, ok := t.hints.size(d)
+	if !ok {
 		t.mu.Unlock()
 		return
 	}
 	t.started[key] = true
-	// The snapshotter fetches whole chunks: [0, n) rounded up to one.
-	end := min(((n-1)/t.chunkSize+1)*t.chunkSize, size, maxEarlyPrefetch) - 1
+	// The snapshotter fetches whole chunks: the range rounded up to one.
+	end := min(((h.prefetch-1)/t.chunkSize+1)*t.chunkSize, h.blob, maxEarlyPrefetch) - 1
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(req.Context()), earlyTimeout)
 	f := &rangeFlight{start: 0, end: end, early: true, cancel: cancel, ready: make(chan struct{}), changed: make(chan struct{})}
 	t.flights[key] = append(t.flights[key], f)

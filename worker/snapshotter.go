@@ -169,18 +169,25 @@ func newStargzSnapshotter(root string, cfg sgzconf.Config, hosts docker.Registry
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, err
 	}
-	if cfg.NoPrefetch {
-		hints = nil // nothing to start early
-	}
 	chunkSize := cfg.BlobConfig.ChunkSize
 	if chunkSize <= 0 {
 		chunkSize = stargzChunkSize
 	}
-	fs, err := sgzfs.NewFilesystem(filepath.Join(root, "stargz"), cfg,
+	var warm *warmer
+	if cfg.NoPrefetch {
+		hints = nil // nothing to start early, nothing to warm
+	} else {
+		warm = newWarmer()
+	}
+	opts := []sgzfs.Option{
 		sgzfs.WithGetSources(sessionSources(sharedRanges(hosts, hints, chunkSize), sm)),
 		sgzfs.WithMetricsLogLevel(logrus.DebugLevel),
 		sgzfs.WithOverlayOpaqueType(opaque),
-	)
+	}
+	if warm != nil {
+		opts = append(opts, sgzfs.WithMetadataStore(warm.store))
+	}
+	fs, err := sgzfs.NewFilesystem(filepath.Join(root, "stargz"), cfg, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("start stargz filesystem: %w", err)
 	}
@@ -188,7 +195,11 @@ func newStargzSnapshotter(root string, cfg sgzconf.Config, hosts docker.Registry
 	// Restoring remounts the lazy layers a previous run left committed, so
 	// the same root serves again after a restart. A layer whose registry is
 	// gone must not keep the daemon from starting.
-	sn, err := remotesn.NewSnapshotter(context.Background(), filepath.Join(root, "snapshotter"), fs,
+	var target remotesn.FileSystem = fs
+	if warm != nil {
+		target = warm.filesystem(fs)
+	}
+	sn, err := remotesn.NewSnapshotter(context.Background(), filepath.Join(root, "snapshotter"), target,
 		remotesn.AsynchronousRemove, remotesn.AllowInvalidMountsOnRestart)
 	if err != nil {
 		return nil, fmt.Errorf("start stargz snapshotter: %w", err)
