@@ -48,7 +48,14 @@ func (s *blobServer) requests() []string {
 
 func (s *blobServer) get(t *testing.T, rt http.RoundTripper, ctx context.Context, rng, auth string) *http.Response {
 	t.Helper()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.URL+"/v2/x/blobs/sha256:0", nil)
+	return rangeGet(t, rt, ctx, s.URL+"/v2/x/blobs/sha256:0", rng, auth)
+}
+
+// rangeGet sends a GET of url for range rng, with auth as its
+// Authorization header if set, through rt.
+func rangeGet(t *testing.T, rt http.RoundTripper, ctx context.Context, url, rng, auth string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,18 +306,7 @@ func newEarlyServer(t *testing.T, size int, failEarly bool) *earlyServer {
 
 func (s *earlyServer) get(t *testing.T, rt http.RoundTripper, url, rng, auth string) []byte {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Range", rng)
-	if auth != "" {
-		req.Header.Set("Authorization", auth)
-	}
-	res, err := rt.RoundTrip(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := rangeGet(t, rt, context.Background(), url, rng, auth)
 	defer res.Body.Close()
 	b, err := io.ReadAll(res.Body)
 	if err != nil {
