@@ -174,7 +174,7 @@ func convertLayer(ctx context.Context, ra content.ReaderAt, desc ocispec.Descrip
 		return nil, fmt.Errorf("build %s from layer %s: %w", o.format, desc.Digest, err)
 	}
 
-	prefetch, err := landmarkOffset(io.NewSectionReader(out, 0, n), tocDecompressorFor(o.format))
+	prefetch, err := landmarkOffset(io.NewSectionReader(out, 0, n), o.format)
 	if err != nil {
 		return nil, fmt.Errorf("read back the TOC of %s of layer %s: %w", o.format, desc.Digest, err)
 	}
@@ -261,24 +261,11 @@ func tocDecompressorFor(f Format) tocDecompressor {
 // blob sr, 0 when it has .no.prefetch.landmark or none. Entries are listed
 // in blob order and the landmark follows the prioritized files, so only
 // the start of the TOC is decoded.
-func landmarkOffset(sr *io.SectionReader, d tocDecompressor) (int64, error) {
-	fsize := d.FooterSize()
-	if sr.Size() < fsize {
-		return 0, fmt.Errorf("blob of %d bytes has no footer", sr.Size())
-	}
-	footer := make([]byte, fsize)
-	if _, err := sr.ReadAt(footer, sr.Size()-fsize); err != nil {
-		return 0, fmt.Errorf("read footer: %w", err)
-	}
-	_, tocOffset, tocSize, err := d.ParseFooter(footer)
+func landmarkOffset(sr *io.SectionReader, f Format) (int64, error) {
+	d := tocDecompressorFor(f)
+	_, tocOffset, tocSize, err := compression.LocateTOC(sr, d, string(f))
 	if err != nil {
-		return 0, fmt.Errorf("parse footer: %w", err)
-	}
-	if tocSize <= 0 {
-		tocSize = sr.Size() - tocOffset - fsize
-	}
-	if tocOffset < 0 || tocSize < 0 || tocOffset+tocSize > sr.Size() {
-		return 0, fmt.Errorf("footer places the TOC at %d+%d in a blob of %d bytes", tocOffset, tocSize, sr.Size())
+		return 0, err
 	}
 	rc, err := d.DecompressTOC(io.NewSectionReader(sr, tocOffset, tocSize))
 	if err != nil {

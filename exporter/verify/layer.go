@@ -227,23 +227,9 @@ func (p *pooledZstd) Close() error {
 // malformed blob is reported rather than trusted, and for zstd:chunked
 // checks the manifest annotations containers/storage reads.
 func readTOC(sr *io.SectionReader, d *decompressor, desc ocispec.Descriptor, f Format) (*estargz.JTOC, digest.Digest, error) {
-	fsize := d.FooterSize()
-	if sr.Size() < fsize {
-		return nil, "", fmt.Errorf("blob is %d bytes, smaller than the %s footer", sr.Size(), f)
-	}
-	footer := make([]byte, fsize)
-	if _, err := sr.ReadAt(footer, sr.Size()-fsize); err != nil {
-		return nil, "", fmt.Errorf("read footer: %w", err)
-	}
-	_, tocOff, tocSize, err := d.ParseFooter(footer)
+	footer, tocOff, tocSize, err := compression.LocateTOC(sr, d, string(f))
 	if err != nil {
-		return nil, "", fmt.Errorf("parse %s footer: %w", f, err)
-	}
-	if tocSize <= 0 {
-		tocSize = sr.Size() - fsize - tocOff
-	}
-	if tocOff < 0 || tocSize <= 0 || tocOff+tocSize > sr.Size()-fsize {
-		return nil, "", fmt.Errorf("footer places the TOC at [%d, +%d) in a %d-byte blob", tocOff, tocSize, sr.Size())
+		return nil, "", err
 	}
 	tocBytes := make([]byte, tocSize)
 	if _, err := sr.ReadAt(tocBytes, tocOff); err != nil {
