@@ -8,6 +8,7 @@ import (
 	"path"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
@@ -32,6 +33,9 @@ type prefetchHints struct {
 	mu    sync.Mutex
 	sizes map[digest.Digest]hint
 	order []digest.Digest // oldest first
+	// heads, once a stargz snapshotter set them, start the prefetch
+	// downloads of the layers a manifest hints at (headStarts).
+	heads atomic.Pointer[headStarts]
 }
 
 // hint is what a manifest told of a layer: the bytes the stargz
@@ -62,16 +66,24 @@ func (h *prefetchHints) size(d digest.Digest) (hint, bool) {
 	return n, ok
 }
 
-// learn records the hints of an image manifest; anything else is ignored.
-func (h *prefetchHints) learn(manifest []byte) {
+// hintedLayer is a layer of a manifest with what the manifest told of it.
+type hintedLayer struct {
+	digest digest.Digest
+	hint
+}
+
+// learn records the hints of an image manifest and returns the layers that
+// had one, in the manifest's order; anything else is ignored.
+func (h *prefetchHints) learn(manifest []byte) []hintedLayer {
 	var m struct {
 		Layers []ocispec.Descriptor `json:"layers"`
 	}
 	if json.Unmarshal(manifest, &m) != nil {
-		return
+		return nil
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	var learned []hintedLayer
 	for _, l := range m.Layers {
 		n, err := strconv.ParseInt(l.Annotations[compression.PrefetchSizeAnnotation], 10, 64)
 		if err != nil || n <= 0 || n > l.Size || l.Digest.Validate() != nil {
@@ -81,11 +93,13 @@ func (h *prefetchHints) learn(manifest []byte) {
 			h.order = append(h.order, l.Digest)
 		}
 		h.sizes[l.Digest] = hint{prefetch: n, blob: l.Size}
+		learned = append(learned, hintedLayer{digest: l.Digest, hint: h.sizes[l.Digest]})
 	}
 	for len(h.order) > maxHints {
 		delete(h.sizes, h.order[0])
 		h.order = h.order[1:]
 	}
+	return learned
 }
 
 // watch returns hosts whose clients pass every image manifest they fetch
@@ -122,7 +136,8 @@ func wrapTransports(hosts docker.RegistryHosts, wrap func(http.RoundTripper) htt
 }
 
 // manifestWatch is a registry transport that hands the image manifests it
-// fetches to hints.learn once their body has been read whole.
+// fetches to hints.learn once their body has been read whole, and the
+// layers learned to the head starts, if any.
 type manifestWatch struct {
 	inner http.RoundTripper
 	hints *prefetchHints
@@ -138,7 +153,7 @@ func (t *manifestWatch) RoundTrip(req *http.Request) (*http.Response, error) {
 	if mt != ocispec.MediaTypeImageManifest && mt != images.MediaTypeDockerSchema2Manifest {
 		return res, nil
 	}
-	res.Body = &manifestBody{ReadCloser: res.Body, hints: t.hints}
+	res.Body = &manifestBody{ReadCloser: res.Body, watch: t, req: req}
 	return res, nil
 }
 
@@ -146,7 +161,8 @@ func (t *manifestWatch) RoundTrip(req *http.Request) (*http.Response, error) {
 // learns from it at the end.
 type manifestBody struct {
 	io.ReadCloser
-	hints *prefetchHints
+	watch *manifestWatch
+	req   *http.Request // the manifest's
 	buf   []byte
 	over  bool
 }
@@ -161,8 +177,11 @@ func (b *manifestBody) Read(p []byte) (int, error) {
 		}
 	}
 	if err == io.EOF && !b.over {
-		b.hints.learn(b.buf)
+		learned := b.watch.hints.learn(b.buf)
 		b.over, b.buf = true, nil
+		if heads := b.watch.hints.heads.Load(); heads != nil && len(learned) > 0 {
+			heads.start(b.req, b.watch.inner, learned)
+		}
 	}
 	return n, err
 }

@@ -41,13 +41,19 @@ import (
 // manifest told the layer's prefetch size (prefetchHints), the first range
 // request for the blob starts a download of that range beside it, with
 // the same headers; the snapshotter's prefetch request then follows the
-// download, wherever it has got to by then.
+// download, wherever it has got to by then. If a head start already
+// downloads the beginning of that range, the download beside the first
+// request fetches the rest, and the prefetch follows the one, then the
+// other.
 type rangeShare struct {
 	inner http.RoundTripper
 	// hints, if set, are the prefetch sizes to start downloads for, in
 	// blob chunks of chunkSize as the snapshotter rounds its prefetch.
 	hints     *prefetchHints
 	chunkSize int64
+	// heads are the head starts the snapshotter's prefetch may follow
+	// first (headStarts).
+	heads *headStarts
 
 	mu sync.Mutex
 	// flights are the ranges in flight, by key.
@@ -138,7 +144,7 @@ func (f *rangeFlight) serves(a, b int64) bool {
 }
 
 func (t *rangeShare) RoundTrip(req *http.Request) (*http.Response, error) {
-	key := req.URL.String() + "\x00" + req.Header.Get("Authorization")
+	key := rangeKey(req.URL.String(), req.Header.Get("Authorization"))
 	if req.Method == http.MethodHead && req.Header.Get("Range") == "" {
 		t.mu.Lock()
 		known, ok := t.sizes[key]
@@ -151,10 +157,10 @@ func (t *rangeShare) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.Method != http.MethodGet || !ok {
 		return t.inner.RoundTrip(req)
 	}
+	t.startPrefetch(req, key)
 	if f := t.flightFor(req, key, a, b); f != nil {
 		return t.follow(req, key, f, a, b), nil
 	}
-	t.startPrefetch(req, key)
 
 	res, err := t.inner.RoundTrip(req)
 	if err != nil {
@@ -166,12 +172,8 @@ func (t *rangeShare) RoundTrip(req *http.Request) (*http.Response, error) {
 	if res.StatusCode != http.StatusPartialContent {
 		return res, nil
 	}
-	ra, rb, total, ok := contentRange(res.Header.Get("Content-Range"))
-	if size, err := strconv.ParseInt(total, 10, 64); ok && err == nil {
-		t.mu.Lock()
-		t.sizes[key] = blobSize{size: size, header: res.Header.Clone()}
-		t.mu.Unlock()
-	}
+	t.noteSize(key, res.Header)
+	ra, rb, _, ok := contentRange(res.Header.Get("Content-Range"))
 	if !ok || ra != a || rb != b {
 		return res, nil
 	}
@@ -183,6 +185,10 @@ func (t *rangeShare) RoundTrip(req *http.Request) (*http.Response, error) {
 	return res, nil
 }
 
+// rangeKey is the key of requests for url with Authorization header auth:
+// only requests of the same key share.
+func rangeKey(url, auth string) string { return url + "\x00" + auth }
+
 // closedChan is the ready channel of flights that start with a response.
 var closedChan = func() chan struct{} {
 	c := make(chan struct{})
@@ -193,15 +199,17 @@ var closedChan = func() chan struct{} {
 // flightFor returns the flight a request for bytes [a, b] should follow,
 // once it has a response, or nil.
 func (t *rangeShare) flightFor(req *http.Request, key string, a, b int64) *rangeFlight {
+	head := t.heads.flight(key)
 	t.mu.Lock()
+	candidates := append([]*rangeFlight{head}, t.flights[key]...)
+	t.mu.Unlock()
 	var f *rangeFlight
-	for _, g := range t.flights[key] {
-		if g.serves(a, b) {
+	for _, g := range candidates {
+		if g != nil && g.serves(a, b) {
 			f = g
 			break
 		}
 	}
-	t.mu.Unlock()
 	if f == nil {
 		return nil
 	}
@@ -216,8 +224,24 @@ func (t *rangeShare) flightFor(req *http.Request, key string, a, b int64) *range
 	return f
 }
 
-// drop forgets flight f of key: later requests do not find it.
+// noteSize remembers the blob size a range response with header h told.
+func (t *rangeShare) noteSize(key string, h http.Header) {
+	_, _, total, ok := contentRange(h.Get("Content-Range"))
+	size, err := strconv.ParseInt(total, 10, 64)
+	if !ok || err != nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, known := t.sizes[key]; !known {
+		t.sizes[key] = blobSize{size: size, header: h.Clone()}
+	}
+}
+
+// drop forgets flight f of key, a head start included: later requests do
+// not find it.
 func (t *rangeShare) drop(key string, f *rangeFlight) {
+	t.heads.forget(key, f)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	list := t.flights[key]
@@ -260,7 +284,8 @@ func blobDigest(p string) (digest.Digest, bool) {
 }
 
 // startPrefetch starts, once per key, the download of the prefetch range
-// the hints give for the blob req fetches from, with req's headers.
+// the hints give for the blob req fetches from, with req's headers: of all
+// of it, or of what follows the head start of key.
 func (t *rangeShare) startPrefetch(req *http.Request, key string) {
 	if t.hints == nil {
 		return
@@ -274,28 +299,45 @@ func (t *rangeShare) startPrefetch(req *http.Request, key string) {
 		t.mu.Unlock()
 		return
 	}
+	t.started[key] = true
+	t.mu.Unlock()
+	t.heads.saw(d)
 	h, ok := t.hints.size(d)
 	if !ok {
-		t.mu.Unlock()
 		return
 	}
-	t.started[key] = true
 	// The snapshotter fetches whole chunks: the range rounded up to one.
-	end := min(((h.prefetch-1)/t.chunkSize+1)*t.chunkSize, h.blob, maxEarlyPrefetch) - 1
+	start, end := int64(0), min(roundUp(h.prefetch, t.chunkSize), h.blob, maxEarlyPrefetch)-1
+	if head := t.heads.flight(key); head != nil {
+		start = head.end + 1
+	}
+	if start > end {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(req.Context()), earlyTimeout)
-	f := &rangeFlight{start: 0, end: end, early: true, cancel: cancel, ready: make(chan struct{}), changed: make(chan struct{})}
+	f := newEarlyFlight(start, end, cancel)
+	t.mu.Lock()
 	t.flights[key] = append(t.flights[key], f)
 	t.mu.Unlock()
 
 	early := req.Clone(ctx)
-	early.Header.Set("Range", fmt.Sprintf("bytes=0-%d", end))
-	go t.download(early, key, f)
+	early.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", start, end))
+	go downloadEarly(t.inner, early, f, func() { t.drop(key, f) })
 }
 
-// download reads an early prefetch download into its flight.
-func (t *rangeShare) download(req *http.Request, key string, f *rangeFlight) {
+// newEarlyFlight returns the flight of an early download of bytes
+// [start, end], which cancel stops.
+func newEarlyFlight(start, end int64, cancel context.CancelFunc) *rangeFlight {
+	return &rangeFlight{start: start, end: end, bufStart: start, early: true, cancel: cancel,
+		ready: make(chan struct{}), changed: make(chan struct{})}
+}
+
+// downloadEarly reads an early download into its flight f through inner.
+// release lets go of f: at once if the download fails, earlyLinger after it
+// ends otherwise, unless a prefetch read it whole before.
+func downloadEarly(inner http.RoundTripper, req *http.Request, f *rangeFlight, release func()) {
 	defer f.cancel()
-	res, err := t.inner.RoundTrip(req)
+	res, err := inner.RoundTrip(req)
 	if err == nil {
 		a, b, _, ok := contentRange(res.Header.Get("Content-Range"))
 		if res.StatusCode != http.StatusPartialContent || !ok || a != f.start || b != f.end {
@@ -307,7 +349,7 @@ func (t *rangeShare) download(req *http.Request, key string, f *rangeFlight) {
 		f.mu.Lock()
 		f.failed, f.done = true, true
 		f.mu.Unlock()
-		t.drop(key, f)
+		release()
 		close(f.ready)
 		return
 	}
@@ -315,9 +357,7 @@ func (t *rangeShare) download(req *http.Request, key string, f *rangeFlight) {
 	f.header = res.Header.Clone()
 	f.mu.Unlock()
 	close(f.ready)
-	body := &teeBody{ReadCloser: res.Body, f: f, end: func() {
-		time.AfterFunc(earlyLinger, func() { t.drop(key, f) })
-	}}
+	body := &teeBody{ReadCloser: res.Body, f: f, end: func() { time.AfterFunc(earlyLinger, release) }}
 	io.Copy(io.Discard, body)
 	body.Close()
 }
@@ -345,6 +385,7 @@ func (t *rangeShare) follow(req *http.Request, key string, f *rangeFlight, a, b 
 	f.mu.Lock()
 	h := f.header.Clone()
 	f.mu.Unlock()
+	t.noteSize(key, h)
 	_, _, total, _ := contentRange(h.Get("Content-Range"))
 	h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%s", a, b, total))
 	h.Set("Content-Length", strconv.FormatInt(b-a+1, 10))
@@ -437,14 +478,14 @@ func (r *followBody) Read(p []byte) (int, error) {
 		f.mu.Lock()
 		if r.pos < f.bufStart {
 			f.mu.Unlock()
-			return r.fetchRest(p)
+			return r.next(p)
 		}
 		if r.pos < f.head() {
 			off := r.pos - f.bufStart
 			n := copy(p, f.buf[off:min(int64(len(f.buf)), off+r.end-r.pos+1)])
 			f.mu.Unlock()
 			r.pos += int64(n)
-			if f.early && r.from == f.start && r.pos > f.end {
+			if f.early && r.from <= f.start && r.pos > f.end {
 				// The prefetch has read it all: let go of the bytes.
 				r.t.drop(r.key, f)
 			}
@@ -452,7 +493,7 @@ func (r *followBody) Read(p []byte) (int, error) {
 		}
 		if f.done {
 			f.mu.Unlock()
-			return r.fetchRest(p)
+			return r.next(p)
 		}
 		changed := f.changed
 		f.mu.Unlock()
@@ -467,6 +508,16 @@ func (r *followBody) Read(p []byte) (int, error) {
 			return 0, r.req.Context().Err()
 		}
 	}
+}
+
+// next follows another flight that has bytes [pos, end] (a head start's
+// download goes on in another), or fetches them itself.
+func (r *followBody) next(p []byte) (int, error) {
+	if g := r.t.flightFor(r.req, r.key, r.pos, r.end); g != nil && g != r.f {
+		r.f = g
+		return r.Read(p)
+	}
+	return r.fetchRest(p)
 }
 
 // fetchRest requests bytes [pos, end] itself and reads from them.

@@ -174,13 +174,18 @@ func newStargzSnapshotter(root string, cfg sgzconf.Config, hosts docker.Registry
 		chunkSize = stargzChunkSize
 	}
 	var warm *warmer
+	var heads *headStarts
 	if cfg.NoPrefetch {
 		hints = nil // nothing to start early, nothing to warm
 	} else {
 		warm = newWarmer()
+		if hints != nil {
+			heads = newHeadStarts(chunkSize)
+			hints.heads.Store(heads)
+		}
 	}
 	opts := []sgzfs.Option{
-		sgzfs.WithGetSources(sessionSources(sharedRanges(hosts, hints, chunkSize), sm)),
+		sgzfs.WithGetSources(sessionSources(sharedRanges(hosts, hints, heads, chunkSize), sm)),
 		sgzfs.WithMetricsLogLevel(logrus.DebugLevel),
 		sgzfs.WithOverlayOpaqueType(opaque),
 	}
@@ -210,11 +215,12 @@ func newStargzSnapshotter(root string, cfg sgzconf.Config, hosts docker.Registry
 // sharedRanges gives every registry host hosts returns a transport that
 // lets range requests share a range in flight and starts hinted prefetch
 // downloads early (see rangeShare). The stargz filesystem resolves hosts
-// once per layer, so the requests of one layer share with each other only.
-func sharedRanges(hosts docker.RegistryHosts, hints *prefetchHints, chunkSize int64) docker.RegistryHosts {
+// once per layer, so the requests of one layer share with each other and
+// with the layer's head start only.
+func sharedRanges(hosts docker.RegistryHosts, hints *prefetchHints, heads *headStarts, chunkSize int64) docker.RegistryHosts {
 	return wrapTransports(hosts, func(inner http.RoundTripper) http.RoundTripper {
 		t := newRangeShare(inner)
-		t.hints, t.chunkSize = hints, chunkSize
+		t.hints, t.heads, t.chunkSize = hints, heads, chunkSize
 		return t
 	})
 }
