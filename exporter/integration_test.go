@@ -74,8 +74,9 @@ func TestOptimizedPushPrefetchesWhatTheWorkloadReads(t *testing.T) {
 	}
 	img := testutil.FetchImage(t, reg.Ref("app")+"@"+resp["containerimage.digest"])
 
-	// The image verifies, and its layers prioritize exactly the reads.
-	want := map[int][]string{0: {"bin/busybox"}, 2: {"data/small.txt"}, 3: {"app/run.sh"}, 4: {"app/conf.txt"}}
+	// The image verifies, and its layers prioritize exactly the reads, after
+	// the files the runtime reads.
+	want := map[int][]string{0: {"etc/passwd", "etc/group", "bin/busybox"}, 2: {"data/small.txt"}, 3: {"app/run.sh"}, 4: {"app/conf.txt"}}
 	rep := verifyPrioritized(t, img.Provider(), img.Manifest, want)
 
 	// A cold daemon with prefetch on runs the workload: after the
@@ -196,7 +197,7 @@ func TestOptimizedKeepsEStargzBaseAndRunsEverywhere(t *testing.T) {
 		t.Fatalf("reoptimize-base export: %v\n%s", err, progress)
 	}
 	reLayout := testutil.ReadOCILayoutTar(t, reTar)
-	rep := verifyPrioritized(t, reLayout.Provider(), reLayout.Index.Manifests[0], map[int][]string{0: {"bin/busybox"}, 2: {"data/small.txt"}, 3: {"app/run.sh"}, 4: {"app/conf.txt"}})
+	rep := verifyPrioritized(t, reLayout.Provider(), reLayout.Index.Manifests[0], map[int][]string{0: {"etc/passwd", "etc/group", "bin/busybox"}, 2: {"data/small.txt"}, 3: {"app/run.sh"}, 4: {"app/conf.txt"}})
 	if got := rep.Manifests[0].Layers[0].Digest; got == base.Layers[0].Digest {
 		t.Errorf("reoptimize-base kept base layer 0 as it was (%s)", got)
 	}
@@ -254,7 +255,7 @@ func TestOptimizedZstdChunked(t *testing.T) {
 		t.Fatalf("build: %v\n%s", err, progress)
 	}
 	img := testutil.FetchImage(t, reg.Ref("app")+"@"+resp["containerimage.digest"])
-	want := map[int][]string{0: {"bin/busybox"}, 1: {"data/small.txt"}, 2: {"app/run.sh"}, 3: {"app/conf.txt"}}
+	want := map[int][]string{0: {"etc/passwd", "etc/group", "bin/busybox"}, 1: {"data/small.txt"}, 2: {"app/run.sh"}, 3: {"app/conf.txt"}}
 	rep := verifyPrioritized(t, img.Provider(), img.Manifest, want)
 	for _, l := range rep.Manifests[0].Layers {
 		if l.Format != verify.ZstdChunked {
@@ -338,6 +339,6 @@ func TestExporterTracesWhenNoRecord(t *testing.T) {
 		t.Fatalf("the exporter did not trace:\n%s", progress)
 	}
 	layout := testutil.ReadOCILayoutTar(t, tarPath)
-	want := map[int][]string{0: {"bin/busybox"}, 1: {"data/small.txt"}, 2: {"app/run.sh"}, 3: {"app/conf.txt"}}
+	want := map[int][]string{0: {"etc/passwd", "etc/group", "bin/busybox"}, 1: {"data/small.txt"}, 2: {"app/run.sh"}, 3: {"app/conf.txt"}}
 	verifyPrioritized(t, layout.Provider(), layout.Index.Manifests[0], want)
 }

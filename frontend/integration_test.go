@@ -124,9 +124,10 @@ func TestSyntaxFrontendOnStargazerd(t *testing.T) {
 	if got := recordPaths(t, res.resp); !slices.Equal(got, wantReads) {
 		t.Fatalf("record %v, want %v", got, wantReads)
 	}
-	// The exported image prioritizes exactly those reads, layer by layer.
+	// The exported image prioritizes exactly those reads, layer by layer,
+	// after the files the runtime reads.
 	img := testutil.FetchImage(t, reg.Ref("app")+"@"+res.resp["containerimage.digest"])
-	want := map[int][]string{0: {"bin/busybox"}, 1: {"data/small.txt"}, 2: {"app/run.sh"}}
+	want := map[int][]string{0: {"etc/passwd", "etc/group", "bin/busybox"}, 1: {"data/small.txt"}, 2: {"app/run.sh"}}
 	if _, err := verify.Image(t.Context(), img.Provider(), img.Manifest,
 		verify.WithPrioritizedFiles(func(_ ocispec.Platform, i int) []string { return want[i] })); err != nil {
 		t.Fatalf("verify: %v", err)

@@ -159,16 +159,36 @@ func indexFromTOC(ctx context.Context, p content.Provider, l ocispec.Descriptor,
 	return idx.AddLayer(&buf)
 }
 
+// RuntimeFiles are the files a container runtime reads from an image
+// before the workload starts: BuildKit's executor, containerd and runc
+// resolve the container's user and its groups from them. A record never
+// holds them (the workload did not read them), but a lazily pulled image
+// is waiting for them all the same.
+var RuntimeFiles = []string{"etc/passwd", "etc/group"}
+
+// runtimeEntries returns entries for those of RuntimeFiles the image has
+// as regular files.
+func runtimeEntries(idx *LayerIndex) []Entry {
+	var entries []Entry
+	for _, p := range RuntimeFiles {
+		if _, ok := idx.Lookup(p); ok {
+			entries = append(entries, Entry{Path: p})
+		}
+	}
+	return entries
+}
+
 // AttributeImage attributes a record to the layers of an image (see
 // IndexImageLayers for skip) and returns each layer's paths in record
 // order, keyed by layer index, with the recorded paths that are not
-// regular files of those layers.
+// regular files of those layers. The image's RuntimeFiles come first, as
+// the runtime reads them first.
 func AttributeImage(ctx context.Context, p content.Provider, m ocispec.Manifest, manifestDigest digest.Digest, entries []Entry, skip func(i int, l ocispec.Descriptor) bool) (map[int][]string, []string, error) {
 	idx, err := IndexImageLayers(ctx, p, m, skip)
 	if err != nil {
 		return nil, nil, fmt.Errorf("attribute the record to layers: %w", err)
 	}
-	attributed, missing := Attribute(entries, idx, manifestDigest.String())
+	attributed, missing := Attribute(append(runtimeEntries(idx), entries...), idx, manifestDigest.String())
 	lists := map[int][]string{}
 	for _, e := range attributed {
 		if e.LayerIndex != nil {

@@ -1,6 +1,7 @@
 package tracer_test
 
 import (
+	"reflect"
 	"testing"
 
 	"github.com/stargazer-build/stargazer/testutil"
@@ -51,5 +52,42 @@ func TestIndexImageFromTOC(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestAttributeImageRuntimeFiles checks that the files a runtime reads
+// before the workload come first, in the layer that provides them, even
+// when the workload reads them too, and that an image without them gets
+// none.
+func TestAttributeImageRuntimeFiles(t *testing.T) {
+	img := testutil.BuildImage(t, testutil.FixtureSpec{Layers: []testutil.Layer{
+		testutil.FileLayer(map[string]testutil.File{
+			"etc/passwd":  {Data: []byte("root:x:0:0::/root:/bin/sh\n")},
+			"etc/group0":  {Data: []byte("root:x:0:\n")},
+			"etc/group":   {Symlink: "group0"},
+			"bin/tool":    {Data: []byte("tool"), Mode: 0o755},
+			"lib/libx.so": {Data: []byte("lib")},
+		}),
+		testutil.FileLayer(map[string]testutil.File{
+			"etc/passwd": {Data: []byte("root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/app:/bin/sh\n")},
+		}),
+	}})
+	m := img.DecodeManifest(t)
+	entries := []tracer.Entry{{Path: "bin/tool"}, {Path: "etc/passwd"}, {Path: "lib/libx.so"}, {Path: "tmp/made"}}
+	lists, missing, err := tracer.AttributeImage(t.Context(), img.Provider(), m, img.Manifest.Digest, entries, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[int][]string{0: {"etc/group0", "bin/tool", "lib/libx.so"}, 1: {"etc/passwd"}}
+	if !reflect.DeepEqual(lists, want) || !reflect.DeepEqual(missing, []string{"tmp/made"}) {
+		t.Errorf("lists %v, missing %q; want %v, [tmp/made]", lists, missing, want)
+	}
+
+	bare := testutil.BuildImage(t, testutil.FixtureSpec{Layers: []testutil.Layer{
+		testutil.FileLayer(map[string]testutil.File{"bin/tool": {Data: []byte("tool"), Mode: 0o755}}),
+	}})
+	lists, missing, err = tracer.AttributeImage(t.Context(), bare.Provider(), bare.DecodeManifest(t), bare.Manifest.Digest, entries[:1], nil)
+	if err != nil || !reflect.DeepEqual(lists, map[int][]string{0: {"bin/tool"}}) || len(missing) != 0 {
+		t.Errorf("lists %v, missing %q, %v; want only bin/tool", lists, missing, err)
 	}
 }
