@@ -220,7 +220,7 @@ oci-archive:PATH). No containerd is needed.`,
 	fl.StringVar(&o.RecordIn, "record-in", "", "Prioritize by this record instead of tracing the image")
 	fl.BoolVar(&o.ZstdChunked, "zstdchunked", false, "Write zstd:chunked instead of eStargz")
 	fl.BoolVar(&o.OCI, "oci", true, "Write OCI media types (zstd:chunked needs them)")
-	fl.IntVar(&o.Level, "compression-level", 0, "Compression level (default: gzip 6, zstd 3)")
+	fl.IntVar(&o.Level, "compression-level", 0, "Compression level (default: gzip 7, zstd 3)")
 	fl.IntVar(&o.ChunkSize, "estargz-chunk-size", 0, "Largest piece of a file stored as one chunk, in bytes (default 4 MiB)")
 	// ctr-remote's name for --compression-level.
 	fl.IntVar(&o.Level, "estargz-compression-level", 0, "Same as --compression-level")

@@ -26,9 +26,13 @@ import (
 	digest "github.com/opencontainers/go-digest"
 )
 
-// DefaultGzipLevel is the gzip level used when none is given. Level 6 costs
-// about a third of the CPU of level 9 for output ~0.3% larger.
-const DefaultGzipLevel = 6
+// DefaultGzipLevel is the gzip level used when none is given. On the files
+// a Debian python3 image reads to start (20 MB, mostly executables and
+// shared libraries), level 7 writes 1.8% less than level 6 for 1.3 times
+// its CPU, which every lazy start of the image gets back on the link, and
+// the ratio of compress/gzip at its default level for under half its CPU;
+// level 8 saves another 0.5% for 1.4 times the CPU of level 7.
+const DefaultGzipLevel = 7
 
 // Gzip is an estargz.Compression producing eStargz (gzip) blobs with
 // klauspost/compress. Compressors and decompressors are pooled because

@@ -223,7 +223,7 @@ func (f fileRA) Size() int64 {
 //
 //	ctr-remote: estargz.Build at ctr-remote's defaults (compress/gzip
 //	            level 9, default chunk size)
-//	estargz:    ConvertLayer, klauspost gzip level 6
+//	estargz:    ConvertLayer, klauspost gzip at its default level (7)
 //	zstd:chunked: ConvertLayer, zstd level 3
 func BenchmarkConvert(b *testing.B) {
 	l := loadBenchLayer(b)

@@ -100,7 +100,7 @@ func WithFormat(f Format) Option {
 }
 
 // WithCompressionLevel sets the compression level: for EStargz a gzip level
-// 0–9 (default compression.DefaultGzipLevel, 6), for ZstdChunked a zstd
+// 0–9 (default compression.DefaultGzipLevel, 7), for ZstdChunked a zstd
 // level 1–22 (default compression.DefaultZstdLevel, 3). The level is checked
 // against the format when conversion starts.
 func WithCompressionLevel(level int) Option {
