@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,25 +19,22 @@ import (
 
 // headRegistry serves one manifest, hinting at the prefetch size of its
 // one layer, and the layer's blob with Range support; it logs every request
-// with its Range and Authorization headers.
+// as "path range authorization".
 type headRegistry struct {
-	*httptest.Server
-	blob     []byte
+	*blobServer
 	digest   digest.Digest
 	manifest []byte
-	mu       sync.Mutex
-	log      []string
 	cut      string // a Range answered with 100 bytes and a broken connection
 }
 
 func newHeadRegistry(t *testing.T, size, prefetch int) *headRegistry {
-	r := &headRegistry{blob: make([]byte, size)}
+	r := &headRegistry{blobServer: &blobServer{blob: make([]byte, size)}}
 	rand.Read(r.blob)
 	r.digest = digest.FromBytes(r.blob)
 	r.manifest = hintedManifest(map[digest.Digest][2]string{r.digest: {fmt.Sprint(size), fmt.Sprint(prefetch)}})
 	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		r.mu.Lock()
-		r.log = append(r.log, fmt.Sprintf("%s %s %s", req.URL.Path, req.Header.Get("Range"), req.Header.Get("Authorization")))
+		r.ranges = append(r.ranges, fmt.Sprintf("%s %s %s", req.URL.Path, req.Header.Get("Range"), req.Header.Get("Authorization")))
 		cut := r.cut != "" && req.Header.Get("Range") == r.cut
 		r.mu.Unlock()
 		switch {
@@ -49,12 +45,10 @@ func newHeadRegistry(t *testing.T, size, prefetch int) *headRegistry {
 			w.Write(r.blob[a : a+100])
 			w.(http.Flusher).Flush()
 			panic(http.ErrAbortHandler)
-		}
-		switch req.URL.Path {
-		case "/v2/x/manifests/latest":
+		case req.URL.Path == "/v2/x/manifests/latest":
 			w.Header().Set("Content-Type", ocispec.MediaTypeImageManifest)
 			w.Write(r.manifest)
-		case "/v2/x/blobs/" + r.digest.String():
+		case req.URL.Path == "/v2/x/blobs/"+r.digest.String():
 			http.ServeContent(w, req, "blob", time.Time{}, bytes.NewReader(r.blob))
 		default:
 			http.NotFound(w, req)
@@ -62,25 +56,6 @@ func newHeadRegistry(t *testing.T, size, prefetch int) *headRegistry {
 	}))
 	t.Cleanup(r.Close)
 	return r
-}
-
-func (r *headRegistry) requests() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.log)
-}
-
-// waitFor waits until the registry has logged n requests and returns them.
-func (r *headRegistry) waitFor(t *testing.T, n int) []string {
-	t.Helper()
-	for range 500 {
-		if reqs := r.requests(); len(reqs) >= n {
-			return reqs
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("registry saw %q, want %d requests", r.requests(), n)
-	return nil
 }
 
 // headSetup wires a registry as the daemon does: BuildKit's hosts watch
@@ -145,7 +120,7 @@ func TestHeadStart(t *testing.T) {
 	r.getManifest(t, manifests, "Basic cw==")
 	headEnd := roundUp(headStartSize, 1000) - 1
 	want := []string{"/v2/x/manifests/latest  Basic cw==", fmt.Sprintf("%s bytes=0-%d Basic cw==", blob, headEnd)}
-	if reqs := r.waitFor(t, 2); !slices.Equal(reqs, want) {
+	if reqs := r.waitRequests(t, 2); !slices.Equal(reqs, want) {
 		t.Fatalf("registry saw %q, want %q", reqs, want)
 	}
 
@@ -157,7 +132,7 @@ func TestHeadStart(t *testing.T) {
 		t.Fatal("bytes 0-1 differ")
 	}
 	want = append(want, fmt.Sprintf("%s bytes=%d-2097999 Basic cw==", blob, headEnd+1))
-	if reqs := r.waitFor(t, 3); !slices.Equal(reqs, want) {
+	if reqs := r.waitRequests(t, 3); !slices.Equal(reqs, want) {
 		t.Fatalf("registry saw %q, want %q", reqs, want)
 	}
 	head, _ := http.NewRequest(http.MethodHead, r.URL+blob, nil)
@@ -196,7 +171,7 @@ func TestHeadStartOtherCredentials(t *testing.T) {
 	manifests, layer := headSetup(t, r)
 	blob := "/v2/x/blobs/" + r.digest.String()
 	r.getManifest(t, manifests, "Bearer manifest")
-	r.waitFor(t, 2)
+	r.waitRequests(t, 2)
 	// Other credentials share nothing with the head start: their first
 	// request starts a download of the whole range of their own.
 	rt := layer()
@@ -213,36 +188,36 @@ func TestHeadStartOtherCredentials(t *testing.T) {
 	}
 }
 
-func TestHeadStartSmallPrefetch(t *testing.T) {
-	// A prefetch range smaller than a head start is downloaded whole by it.
-	r := newHeadRegistry(t, 10000, 4200)
-	manifests, layer := headSetup(t, r)
-	r.getManifest(t, manifests, "")
-	r.waitFor(t, 2)
-	rt := layer()
-	if b := r.read(t, rt, "bytes=0-4999", ""); !bytes.Equal(b, r.blob[:5000]) {
-		t.Fatal("prefetch range differs")
-	}
-	if reqs := r.requests(); len(reqs) != 2 || reqs[1] != "/v2/x/blobs/"+r.digest.String()+" bytes=0-4999 " {
-		t.Errorf("registry saw %q, want the manifest and one download", reqs)
-	}
-}
-
-func TestHeadStartFails(t *testing.T) {
-	r := newHeadRegistry(t, 10000, 5000)
-	manifests, layer := headSetup(t, r)
-	// The head start's answer breaks off after 100 bytes: the prefetch
-	// follows it that far and fetches the rest itself.
-	r.mu.Lock()
-	r.cut = "bytes=0-4999"
-	r.mu.Unlock()
-	r.getManifest(t, manifests, "")
-	r.waitFor(t, 2)
-	rt := layer()
-	if b := r.read(t, rt, "bytes=0-4999", ""); !bytes.Equal(b, r.blob[:5000]) {
-		t.Fatal("prefetch range differs")
-	}
-	if reqs := r.requests(); len(reqs) != 3 || reqs[2] != "/v2/x/blobs/"+r.digest.String()+" bytes=100-4999 " {
-		t.Errorf("registry saw %q, want the rest fetched last", reqs)
+func TestHeadStartPrefetchFollows(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		prefetch int
+		cut      string
+		want     []string // the ranges of the blob requests
+	}{
+		// A prefetch range smaller than a head start is downloaded whole
+		// by it.
+		{"whole", 4200, "", []string{"bytes=0-4999"}},
+		// The head start's answer breaks off after 100 bytes: the
+		// prefetch follows it that far and fetches the rest itself.
+		{"broken off", 5000, "bytes=0-4999", []string{"bytes=0-4999", "bytes=100-4999"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newHeadRegistry(t, 10000, tt.prefetch)
+			r.cut = tt.cut
+			manifests, layer := headSetup(t, r)
+			r.getManifest(t, manifests, "")
+			r.waitRequests(t, 2)
+			if b := r.read(t, layer(), "bytes=0-4999", ""); !bytes.Equal(b, r.blob[:5000]) {
+				t.Fatal("prefetch range differs")
+			}
+			var want []string
+			for _, rng := range tt.want {
+				want = append(want, "/v2/x/blobs/"+r.digest.String()+" "+rng+" ")
+			}
+			if reqs := r.requests(); !slices.Equal(reqs[1:], want) {
+				t.Errorf("registry saw %q, want the manifest and %q", reqs, want)
+			}
+		})
 	}
 }

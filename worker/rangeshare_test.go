@@ -325,8 +325,9 @@ func earlyShare(s *earlyServer, prefetch int64) *rangeShare {
 	return rt
 }
 
-// waitRequests waits until the registry has seen n requests.
-func (s *earlyServer) waitRequests(t *testing.T, n int) []string {
+// waitRequests waits until the registry has seen n requests and returns
+// them.
+func (s *blobServer) waitRequests(t *testing.T, n int) []string {
 	t.Helper()
 	for range 500 {
 		if r := s.requests(); len(r) >= n {
