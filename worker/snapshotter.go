@@ -191,6 +191,8 @@ func newStargzSnapshotter(root string, cfg sgzconf.Config, hosts docker.Registry
 	}
 	if warm != nil {
 		opts = append(opts, sgzfs.WithMetadataStore(warm.store))
+	} else {
+		opts = append(opts, sgzfs.WithMetadataStore(openLayerIndex))
 	}
 	fs, err := sgzfs.NewFilesystem(filepath.Join(root, "stargz"), cfg, opts...)
 	if err != nil {

@@ -13,7 +13,6 @@ import (
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/containerd/stargz-snapshotter/metadata"
-	"github.com/containerd/stargz-snapshotter/metadata/memory"
 	remotesn "github.com/containerd/stargz-snapshotter/snapshot"
 	"github.com/moby/buildkit/util/bklog"
 	digest "github.com/opencontainers/go-digest"
@@ -60,10 +59,10 @@ func newWarmer() *warmer {
 	return &warmer{tocs: make(map[digest.Digest]metadata.Reader), running: make(map[string]*warmup)}
 }
 
-// store is the filesystem's metadata store: the stargz filesystem's own
-// (in memory), remembering each layer's index for the warm-up of its mount.
+// store is the filesystem's metadata store (openLayerIndex), remembering
+// each layer's index for the warm-up of its mount.
 func (w *warmer) store(sr *io.SectionReader, opts ...metadata.Option) (metadata.Reader, error) {
-	r, err := memory.NewReader(sr, opts...)
+	r, err := openLayerIndex(sr, opts...)
 	if err != nil {
 		return nil, err
 	}
