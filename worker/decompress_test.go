@@ -24,21 +24,11 @@ func zstdChunkedIndex(t *testing.T, files map[string][]byte) metadata.Reader {
 	for name, body := range files {
 		entries = append(entries, ct.Entry{Name: name, Body: body, Mode: 0o644})
 	}
-	src := ct.Tar(t, entries...)
 	comp, err := compression.NewZstdChunked(0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	blob, err := estargz.Build(io.NewSectionReader(bytes.NewReader(src), 0, int64(len(src))),
-		estargz.WithCompression(comp), estargz.WithChunkSize(1000))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer blob.Close()
-	b, err := io.ReadAll(blob)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := buildBlob(t, entries, estargz.WithCompression(comp), estargz.WithChunkSize(1000))
 	r, err := openLayerIndex(io.NewSectionReader(bytes.NewReader(b), 0, int64(len(b))),
 		metadata.WithDecompressors(new(zstdchunked.Decompressor)))
 	if err != nil {

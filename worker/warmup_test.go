@@ -28,6 +28,22 @@ func indexOf(t *testing.T, prioritized []string, entries ...ct.Entry) metadata.R
 	if prioritized != nil {
 		opts = append(opts, estargz.WithPrioritizedFiles(prioritized))
 	}
+	b := buildBlob(t, entries, opts...)
+	w := newWarmer()
+	r, err := w.store(io.NewSectionReader(bytes.NewReader(b), 0, int64(len(b))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := w.take(r.TOCDigest()); !ok || got != r {
+		t.Fatal("the store did not keep the index for the mount")
+	}
+	return r
+}
+
+// buildBlob builds an eStargz (or, with its compression, zstd:chunked)
+// blob of entries.
+func buildBlob(t *testing.T, entries []ct.Entry, opts ...estargz.Option) []byte {
+	t.Helper()
 	src := ct.Tar(t, entries...)
 	blob, err := estargz.Build(io.NewSectionReader(bytes.NewReader(src), 0, int64(len(src))), opts...)
 	if err != nil {
@@ -38,15 +54,7 @@ func indexOf(t *testing.T, prioritized []string, entries ...ct.Entry) metadata.R
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := newWarmer()
-	r, err := w.store(io.NewSectionReader(bytes.NewReader(b), 0, int64(len(b))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, ok := w.take(r.TOCDigest()); !ok || got != r {
-		t.Fatal("the store did not keep the index for the mount")
-	}
-	return r
+	return b
 }
 
 func TestPrefetchedFiles(t *testing.T) {
