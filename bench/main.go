@@ -15,6 +15,9 @@
 //     line, by the daemon's timestamp of that log line; this includes
 //     resolving and pulling (or lazily mounting) the image, setting up the
 //     RUN container and the workload's own start;
+//   - resolve, pull and run: ready split by BuildKit's progress, at the end
+//     of the image metadata step and of the FROM step (legacy pulls there;
+//     the lazy forms only mount, and fetch during the RUN step);
 //   - build: the wall time of the whole build as the client sees it;
 //   - the registry's bytes and requests until ready and for the whole build.
 //
@@ -230,6 +233,11 @@ func bench(o options) error {
 					row.ReadyBytes = append(row.ReadyBytes, s.ReadyBytes)
 					row.Bytes = append(row.Bytes, s.Bytes)
 					row.Requests = append(row.Requests, s.Requests)
+					if s.Run > 0 {
+						row.Resolve = append(row.Resolve, s.Resolve)
+						row.Pull = append(row.Pull, s.Pull)
+						row.Run = append(row.Run, s.Run)
+					}
 				}
 				if len(row.Ready) > 0 || row.Err != "" {
 					rows = append(rows, row)

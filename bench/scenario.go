@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,6 +35,9 @@ type sample struct {
 	// build (background fetch included).
 	Bytes    int64
 	Requests int
+	// Resolve, Pull and Run split Ready by the progress BuildKit reported
+	// (report.Row); all zero when it did not tell the steps apart.
+	Resolve, Pull, Run time.Duration
 }
 
 // coldBuild starts a daemon on a fresh root, builds FROM ref + RUN argv on
@@ -73,6 +77,7 @@ func coldBuild(log io.Writer, reg *testutil.Registry, ref string, argv []string,
 		}
 		s.Ready = w.at.Sub(start)
 		s.ReadyBytes, s.ReadyRequests = w.stats.Bytes, w.stats.Requests
+		s.Resolve, s.Pull, s.Run = w.split(start)
 		if log != io.Discard {
 			writeTimeline(log, reg.Requests(), start, s.Ready)
 		}
@@ -124,14 +129,17 @@ func writeTimeline(w io.Writer, reqs []testutil.Request, start time.Time, ready 
 
 // readyWatcher reads BuildKit's rawjson progress and notes the daemon's
 // timestamp of the first log line holding readyLine, and the registry's
-// totals when it arrives.
+// totals when it arrives; and when the image's metadata was resolved and
+// the FROM step ended.
 type readyWatcher struct {
-	reg *testutil.Registry
+	reg *testutil.Registry // nil: no totals
 
-	mu    sync.Mutex
-	buf   bytes.Buffer
-	at    time.Time
-	stats testutil.Stats
+	mu       sync.Mutex
+	buf      bytes.Buffer
+	at       time.Time
+	stats    testutil.Stats
+	resolved time.Time // the "load metadata" step completed
+	pulled   time.Time // the FROM step completed
 }
 
 func (w *readyWatcher) Write(p []byte) (int, error) {
@@ -159,16 +167,56 @@ func (w *readyWatcher) scan(line []byte) {
 	if json.Unmarshal(line, &ss) != nil {
 		return
 	}
+	for _, v := range ss.Vertexes {
+		if v.Completed == nil {
+			continue
+		}
+		switch step := stepOf(v.Name); {
+		case strings.HasPrefix(v.Name, "[internal] load metadata for "):
+			w.resolved = latest(w.resolved, *v.Completed)
+		case strings.HasPrefix(step, "FROM "):
+			w.pulled = latest(w.pulled, *v.Completed)
+		}
+	}
 	for _, l := range ss.Logs {
 		sc := bufio.NewScanner(bytes.NewReader(l.Data))
 		for sc.Scan() {
 			if sc.Text() == readyLine {
 				w.at = l.Timestamp
-				w.stats = w.reg.Totals()
+				if w.reg != nil {
+					w.stats = w.reg.Totals()
+				}
 				return
 			}
 		}
 	}
+}
+
+// split returns how the time from start to ready divides: until the
+// metadata was resolved, the FROM step, and the rest; all zero unless the
+// progress told each.
+func (w *readyWatcher) split(start time.Time) (resolve, pull, run time.Duration) {
+	if w.resolved.IsZero() || w.pulled.Before(w.resolved) || w.at.Before(w.pulled) {
+		return 0, 0, 0
+	}
+	return w.resolved.Sub(start), w.pulled.Sub(w.resolved), w.at.Sub(w.pulled)
+}
+
+// stepOf returns a Dockerfile step's instruction from its vertex name
+// ("[1/2] FROM …" gives "FROM …").
+func stepOf(name string) string {
+	if !strings.HasPrefix(name, "[") {
+		return ""
+	}
+	_, step, _ := strings.Cut(name, "] ")
+	return step
+}
+
+func latest(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // describe names a run for the log.

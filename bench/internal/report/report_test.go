@@ -31,7 +31,8 @@ func TestMedianP95(t *testing.T) {
 func sampleRows() ([]Row, []Limit) {
 	rows := []Row{
 		{Image: "py", Form: "legacy", Ready: []time.Duration{8 * time.Second, 9 * time.Second}, Build: []time.Duration{9 * time.Second}, ReadyBytes: []int64{50e6}, Bytes: []int64{50e6}, Requests: []int{6}, ImageBytes: 50e6},
-		{Image: "py", Form: "estargz-opt", Ready: []time.Duration{time.Second}, Build: []time.Duration{time.Second}, ReadyBytes: []int64{5e6}, Bytes: []int64{5e6}, Requests: []int{9}, ImageBytes: 55e6},
+		{Image: "py", Form: "estargz-opt", Ready: []time.Duration{time.Second}, Build: []time.Duration{time.Second}, ReadyBytes: []int64{5e6}, Bytes: []int64{5e6}, Requests: []int{9}, ImageBytes: 55e6,
+			Resolve: []time.Duration{100 * time.Millisecond}, Pull: []time.Duration{50 * time.Millisecond}, Run: []time.Duration{850 * time.Millisecond}},
 		{Image: "py", Form: "zstdchunked-opt", Err: "boom | bang"},
 	}
 	return rows, []Limit{{Image: "py", ReadBytes: 4e6, ReadFiles: 100, RoundTrips: 4, Time: 400 * time.Millisecond}}
@@ -49,10 +50,14 @@ func TestMarkdown(t *testing.T) {
 		"| 8.50× | 2.5× |",
 		"failed: boom / bang",
 		"| py | 100 | 4.0 MB | 4 | 0.40 s |",
+		"| py | estargz-opt | 0.10 s | 0.05 s | 0.85 s | 1.00 s |",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
+	}
+	if strings.Contains(out, "| py | legacy | 0.00 s") {
+		t.Errorf("a row without a split has one:\n%s", out)
 	}
 }
 
